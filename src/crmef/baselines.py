@@ -1,0 +1,109 @@
+"""Classical baselines: Mertens exposure fusion, flow-aligned Mertens, per-pixel mean.
+
+All functions take float32 (H, W, 3) RGB images in [0, 1] and return one float32 (H, W, 3)
+RGB image clipped to [0, 1].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import cv2
+import numpy as np
+from skimage.exposure import match_histograms
+
+from crmef.errors import InputError
+
+
+def _check_frames(frames: Sequence[np.ndarray], minimum: int = 1) -> list[np.ndarray]:
+    """Validate a bracket: float-like (H, W, 3) arrays of one size; returns float32 copies."""
+    if len(frames) < minimum:
+        raise InputError(f"need at least {minimum} frame(s), got {len(frames)}")
+    out = []
+    for i, f in enumerate(frames):
+        a = np.asarray(f)
+        if a.ndim != 3 or a.shape[2] != 3:
+            raise InputError(f"frame {i + 1}: expected an (H, W, 3) RGB image, got shape {a.shape}")
+        if a.shape != np.shape(frames[0]):
+            raise InputError(
+                f"frame {i + 1} is {a.shape[1]}x{a.shape[0]} but frame 1 is "
+                f"{np.shape(frames[0])[1]}x{np.shape(frames[0])[0]}; all frames must have the same size"
+            )
+        out.append(a.astype(np.float32, copy=False))
+    return out
+
+
+def mertens(frames: Sequence[np.ndarray]) -> np.ndarray:
+    """Mertens et al. (2007) exposure fusion with OpenCV's default weights (contrast, saturation,
+    well-exposedness all 1).
+
+    OpenCV's ``MergeMertens`` scales its input by 1/255 whatever the dtype, so the frames are
+    passed as float32 in 0..255 (no 8-bit quantisation) and the result is clipped to [0, 1].
+
+    Args:
+        frames: two or more float32 (H, W, 3) RGB images in [0, 1], same size, any order.
+
+    Returns:
+        float32 (H, W, 3) RGB in [0, 1].
+    """
+    fs = _check_frames(frames, 2)
+    bgr = [np.ascontiguousarray(f[..., ::-1] * np.float32(255.0)) for f in fs]
+    fused = cv2.createMergeMertens().process(bgr)
+    return np.clip(fused[..., ::-1], 0.0, 1.0).astype(np.float32)
+
+
+def mean(frames: Sequence[np.ndarray]) -> np.ndarray:
+    """Per-pixel mean of the frames (float32 (H, W, 3) in [0, 1])."""
+    fs = _check_frames(frames, 1)
+    return np.clip(np.mean(np.stack(fs), axis=0), 0.0, 1.0).astype(np.float32)
+
+
+def _gray8(rgb: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8), cv2.COLOR_RGB2GRAY)
+
+
+def align_to(moving: np.ndarray, target: np.ndarray, preset: int = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM) -> np.ndarray:
+    """Warp ``moving`` onto ``target`` with DIS optical flow on brightness-normalised grey images.
+
+    The exposures differ, so the grey of ``moving`` is first histogram-matched to the grey of
+    ``target``; the dense flow from target to moving then samples ``moving`` at every target
+    pixel (bilinear, borders replicated).
+
+    Args:
+        moving: float32 (H, W, 3) RGB in [0, 1] (e.g. the under-exposed frame).
+        target: float32 (H, W, 3) RGB in [0, 1], same size (e.g. the over-exposed frame).
+        preset: OpenCV DIS preset.
+
+    Returns:
+        float32 (H, W, 3), ``moving`` resampled on ``target``'s pixel grid.
+    """
+    moving, target = _check_frames([moving, target], 2)
+    g_target = _gray8(target)
+    g_moving = np.clip(np.round(match_histograms(_gray8(moving), g_target)), 0, 255).astype(np.uint8)
+    dis = cv2.DISOpticalFlow_create(preset)
+    flow = dis.calc(g_target, g_moving, None)
+    h, w = g_target.shape
+    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    return cv2.remap(moving, gx + flow[..., 0], gy + flow[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def flow_mertens(under: np.ndarray, over: np.ndarray) -> np.ndarray:
+    """"Flow then fuse": the under frame warped onto the over frame (DIS flow on
+    histogram-matched grey), then Mertens fusion of the aligned pair.
+
+    Args:
+        under: float32 (H, W, 3) RGB in [0, 1].
+        over: float32 (H, W, 3) RGB in [0, 1], same size.
+
+    Returns:
+        float32 (H, W, 3) RGB in [0, 1], on the over frame's pixel grid.
+    """
+    return mertens([align_to(under, over), np.asarray(over, dtype=np.float32)])
+
+
+#: Pair baselines by name: ``fn(under, over) -> fused``.
+PAIR_BASELINES: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "mertens": lambda under, over: mertens([under, over]),
+    "flow_mertens": flow_mertens,
+    "mean": lambda under, over: mean([under, over]),
+}

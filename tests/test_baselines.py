@@ -1,0 +1,55 @@
+"""Baselines: Mertens fusion, flow-aligned Mertens, mean."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from crmef.baselines import PAIR_BASELINES, align_to, flow_mertens, mean, mertens
+from crmef.errors import InputError
+
+
+def _scene(h: int = 96, w: int = 128) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    small = rng.random((h // 8, w // 8, 3)).astype(np.float32)
+    return np.clip(cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC), 0, 1)
+
+
+def test_mertens_range_and_exposure() -> None:
+    scene = _scene()
+    under, over = np.clip(scene * 0.3, 0, 1), np.clip(scene * 3.0, 0, 1)
+    fused = mertens([under, over])
+    assert fused.shape == scene.shape and fused.dtype == np.float32
+    assert fused.min() >= 0.0 and fused.max() <= 1.0
+    # a fusion lies between the two exposures in brightness (OpenCV float input scaled right)
+    assert under.mean() + 0.05 < fused.mean() < over.mean()
+
+
+def test_mean_is_pixel_average() -> None:
+    a, b = _scene(), _scene()[::-1].copy()
+    np.testing.assert_allclose(mean([a, b]), (a + b) / 2, atol=1e-6)
+
+
+def test_flow_alignment_recovers_a_shift() -> None:
+    scene = _scene(160, 192)
+    under, over = scene * 0.5, np.clip(scene * 1.6, 0, 1)
+    shift = np.float32([[1, 0, 5], [0, 1, -3]])
+    moved = cv2.warpAffine(under, shift, (192, 160), borderMode=cv2.BORDER_REPLICATE)
+    inner = (slice(16, -16), slice(16, -16))
+    before = np.abs(moved - under)[inner].mean()
+    after = np.abs(align_to(moved, over) - under)[inner].mean()
+    assert after < 0.2 * before
+    fused = flow_mertens(moved, over)
+    assert fused.shape == over.shape and 0.0 <= fused.min() and fused.max() <= 1.0
+    assert np.abs(fused - mertens([under, over]))[inner].mean() < np.abs(mertens([moved, over]) - mertens([under, over]))[inner].mean()
+
+
+def test_bad_frames() -> None:
+    with pytest.raises(InputError, match="same size"):
+        mertens([_scene(96, 128), _scene(64, 128)])
+    with pytest.raises(InputError, match="at least 2"):
+        mertens([_scene()])
+    with pytest.raises(InputError, match="RGB"):
+        mean([np.zeros((8, 8))])
+    assert set(PAIR_BASELINES) == {"mertens", "flow_mertens", "mean"}
