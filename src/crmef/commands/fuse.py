@@ -1,0 +1,153 @@
+"""``crmef fuse``: fuse a bracket (or a folder of brackets) into well-exposed images.
+
+Examples::
+
+    crmef fuse under.jpg over.jpg -o fused.jpg
+    crmef fuse a.tif b.tif c.tif --all -o fused.tif          # every frame, 16-bit kept
+    crmef fuse --batch scenes/ -o fused/                      # one output per scene folder
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+from crmef.errors import CrmefError, InputError
+from crmef.imageio import IMAGE_SUFFIXES, is_image_file, load_image, write_image
+
+_UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "M": 1 << 20, "MB": 1 << 20, "G": 1 << 30, "GB": 1 << 30}
+
+
+def parse_memory(text: str) -> int:
+    """``"1.5G"``, ``"800M"``, ``"1073741824"`` -> bytes."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMG]?B?)\s*", text.upper())
+    if not m:
+        raise argparse.ArgumentTypeError(f"invalid memory size {text!r}; use e.g. 800M or 1.5G")
+    return int(float(m.group(1)) * _UNITS[m.group(2)])
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``fuse`` sub-command."""
+    p = subparsers.add_parser(
+        "fuse",
+        help="fuse a bracket of exposures into one image",
+        description="Fuse a bracket (2+ frames of one scene, any order) into one well-exposed image. "
+        "Frames are ordered by EXIF exposure, else brightness; by default the darkest and brightest "
+        "usable frames are fused, with --all every frame (progressive pairwise: r = f0; r = fuse(r, fk) "
+        "for brighter and brighter fk).",
+    )
+    p.add_argument("images", nargs="*", type=Path, help="frames of one scene (JPEG, PNG, TIFF; 8 or 16 bit)")
+    p.add_argument("-o", "--output", type=Path, required=True,
+                   help="output image (format from the extension) or, with --batch, output folder")
+    p.add_argument("--batch", type=Path, metavar="DIR", help="fuse every scene sub-folder of DIR")
+    p.add_argument("--model", default="general", help="general | aligned | PATH.safetensors (default: general)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default: auto)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--fast", dest="mode", action="store_const", const="fast",
+                   help="predict the maps at reduced resolution, guided upsampling (default on CPU above 2 MP)")
+    g.add_argument("--full", dest="mode", action="store_const", const="full", help="network at full resolution")
+    p.set_defaults(mode="auto")
+    p.add_argument("--tile", type=int, help="tile side in pixels for --full (default: from --max-memory)")
+    p.add_argument("--max-memory", type=parse_memory, default="1G",
+                   help="working-memory budget of the network, e.g. 800M, 1.5G (default 1G)")
+    p.add_argument("--fast-size", type=int, default=512, help="longest side of the reduced image in fast mode")
+    p.add_argument("--bits", type=int, choices=(8, 16), help="output bit depth (default: that of the input)")
+    p.add_argument("--quality", type=int, default=95, help="JPEG quality (default 95)")
+    p.add_argument("--all", dest="all_frames", action="store_true", help="fuse every frame, not just two")
+    p.add_argument("--resize", action="store_true", help="resample frames of a different size instead of failing")
+    p.add_argument("--ext", default=None, help="with --batch: output extension (default: that of the frames)")
+    p.set_defaults(func=run)
+
+
+def _config(args: argparse.Namespace):
+    from crmef.inference import FuseConfig
+
+    return FuseConfig(mode=args.mode, tile=args.tile, max_memory=args.max_memory, fast_size=args.fast_size,
+                      all_frames=args.all_frames, resize=args.resize)
+
+
+def fuse_files(paths: list[Path], output: Path, get_net, cfg, device, bits: int | None, quality: int) -> Path:
+    """Fuse the image files of one scene into ``output`` (written atomically).
+
+    ``get_net()`` returns the model; it is called only once every frame has been read, so a bad
+    file is reported before a slow model load.
+    """
+    from crmef.inference import check_frames, fuse_ordered, order_files
+
+    if output.suffix.lower() not in IMAGE_SUFFIXES:
+        raise InputError(f"{output}: unknown output format {output.suffix!r}; use .jpg, .png or .tif")
+    if len(paths) < 2:
+        which = f": {paths[0]}" if paths else ""
+        raise InputError(f"need at least two frames (an under- and an over-exposed one), got {len(paths)}{which}")
+    loaded = {p: load_image(p) for p in paths}  # clear per-file errors first
+    ordered = order_files(paths)
+    frames = check_frames([loaded[p].rgb for p in ordered], [str(p) for p in ordered], resize=cfg.resize)
+    result = fuse_ordered(get_net(), frames, cfg, device)
+    meta = next((loaded[p] for p in ordered if loaded[p].exif or loaded[p].icc), loaded[ordered[0]])
+    out_bits = bits or max(img.bits for img in loaded.values())
+    return write_image(output, result, bits=out_bits, quality=quality, exif=meta.exif, icc=meta.icc)
+
+
+def find_scenes(root: Path) -> list[tuple[str, list[Path]]]:
+    """Scene folders of ``root``: sub-folders holding image files (sorted by name)."""
+    if not root.is_dir():
+        raise InputError(f"{root}: not a directory")
+    scenes = []
+    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+        frames = sorted(f for f in d.iterdir() if f.is_file() and is_image_file(f))
+        if frames:
+            scenes.append((d.name, frames))
+    if not scenes:
+        raise InputError(f"{root}: no scenes found (expected sub-folders with the image files of one bracket each)")
+    return scenes
+
+
+def run_batch(args: argparse.Namespace, cfg, device) -> int:
+    """Fuse every scene folder; skip done scenes, continue past failures, report them."""
+    from tqdm import tqdm
+
+    from crmef.inference import get_model
+
+    scenes = find_scenes(args.batch)
+    net = get_model(args.model, device)
+    failures: list[str] = []
+    done = skipped = 0
+    for name, frames in tqdm(scenes, desc="fusing", unit="scene", file=sys.stderr):
+        ext = args.ext or frames[0].suffix.lower()
+        ext = ext if ext.startswith(".") else f".{ext}"
+        out = args.output / f"{name}{ext}"
+        if out.exists():
+            skipped += 1
+            continue
+        try:
+            fuse_files(frames, out, lambda: net, cfg, device, args.bits, args.quality)
+            done += 1
+        except CrmefError as exc:
+            failures.append(f"{name}: {exc}")
+    print(f"crmef fuse: {done} fused, {skipped} already done, {len(failures)} failed", file=sys.stderr)
+    for line in failures:
+        print(f"  failed: {line}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``crmef fuse``."""
+    from crmef.inference import get_device, get_model
+
+    cfg = _config(args)
+    device = get_device(args.device)
+    if args.batch is not None:
+        if args.images:
+            raise InputError("give either image files or --batch DIR, not both")
+        return run_batch(args, cfg, device)
+    if args.output.suffix.lower() not in IMAGE_SUFFIXES:
+        raise InputError(f"{args.output}: unknown output format {args.output.suffix!r}; use .jpg, .png or .tif")
+    if len(args.images) < 2:
+        which = f": {args.images[0]}" if args.images else ""
+        raise InputError(f"need at least two frames (an under- and an over-exposed one), got {len(args.images)}{which}")
+    out = fuse_files(list(args.images), args.output, lambda: get_model(args.model, device), cfg, device,
+                     args.bits, args.quality)
+    print(out)
+    return 0
