@@ -326,13 +326,9 @@ def build_dataset(cfg: DataConfig) -> Dataset:
 
 
 def _worker_init(_: int) -> None:
+    # One thread per worker. Do not call cv2.setNumThreads here: in a forked child whose parent
+    # already ran OpenCV's thread pool it waits forever for the parent's (absent) threads.
     torch.set_num_threads(1)
-    try:
-        import cv2
-
-        cv2.setNumThreads(1)
-    except ImportError:  # pragma: no cover
-        pass
 
 
 def build_loader(

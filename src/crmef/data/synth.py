@@ -334,3 +334,60 @@ def measured_ev_gap(sample: SynthSample, lo: float = 0.05, hi: float = 0.95) -> 
     if not ok.any():
         raise InputError("no pixel is unclipped in both exposures; cannot measure the EV gap")
     return float(np.median(np.log2(crf.invert(o[ok]) / np.maximum(crf.invert(u[ok]), 1e-8))))
+
+
+def synthetic_radiance(h: int, w: int, rng: np.random.Generator, dynamic_range: float = 1e4) -> np.ndarray:
+    """A procedural linear radiance map for tests and demos (no files needed).
+
+    Smooth log-luminance blobs spanning ``dynamic_range`` plus fine texture and a checker
+    pattern, with mild colour variation.
+
+    Returns:
+        float32 (h, w, 3), values in about [1/dynamic_range, 1].
+    """
+    coarse = rng.uniform(0.0, 1.0, size=(4, 4)).astype(np.float32)
+    logl = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
+    logl = (logl - logl.min()) / max(float(np.ptp(logl)), 1e-6)
+    yy, xx = np.mgrid[0:h, 0:w]
+    checker = (((yy // 8) + (xx // 8)) % 2).astype(np.float32)
+    texture = rng.uniform(0.0, 1.0, size=(h, w)).astype(np.float32)
+    lum = np.exp(np.log(dynamic_range) * (logl - 1.0)) * (0.6 + 0.25 * checker + 0.15 * texture)
+    tint = cv2.resize(rng.uniform(0.7, 1.0, size=(2, 2, 3)).astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+    return (lum[..., None] * tint).astype(np.float32)
+
+
+def render_exposure(radiance: np.ndarray, exposure: float, crf: CameraResponse | None = None) -> np.ndarray:
+    """Noise-free rendering of radiance at an exposure: ``crf(clip(exposure * L))``, 8-bit quantised.
+
+    Returns:
+        float32 (H, W, 3) in [0, 1] (multiples of 1/255).
+    """
+    return _quantise((crf or CameraResponse()).apply(np.clip(radiance * exposure, 0.0, 1.0)), None)
+
+
+def write_demo_bracket(
+    folder: str | os.PathLike[str],
+    stops: list[float],
+    names: list[str] | None = None,
+    size: tuple[int, int] = (48, 48),
+    seed: int = 0,
+    base_exposure: float = 0.5,
+) -> list[Path]:
+    """Write a tiny bracket of :func:`synthetic_radiance` (for tests and demos).
+
+    Args:
+        folder: output folder (created).
+        stops: exposure of each frame in EV relative to ``base_exposure``.
+        names: file names (suffix picks the format); default ``f{i}.png``.
+        size: ``(h, w)``.
+        seed: radiance seed (frames of one bracket share it).
+        base_exposure: linear exposure at 0 EV.
+
+    Returns:
+        The written paths, in the order of ``stops``.
+    """
+    from crmef.imageio import write_image
+
+    names = names or [f"f{i}.png" for i in range(len(stops))]
+    rad = synthetic_radiance(size[0], size[1], np.random.default_rng(seed), dynamic_range=1e3)
+    return [write_image(Path(folder) / n, render_exposure(rad, base_exposure * 2.0**s)) for s, n in zip(stops, names)]
