@@ -125,3 +125,17 @@ def test_eval_cli_on_synthetic_hdr(shared_data: Path, tmp_path: Path, capsys: py
     assert "(2 reused" in capsys.readouterr().out
     assert main(["eval", "--data", str(tmp_path / "nope"), "--methods", "mertens"]) == 2
     assert "nope: no such folder" in capsys.readouterr().err
+
+
+def test_model_method_reports_params_and_flops(tmp_path: Path) -> None:
+    pytest.importorskip("crmef.inference", reason="inference engine not available")
+    from crmef.models import save_model
+    from crmef.nets.fusion import FusionNet
+    from crmef.space import get_preset
+
+    weights, _ = save_model(FusionNet.from_genotype(get_preset("general"), channels=4), tmp_path / "tiny", {"name": "tiny"})
+    res = evaluate(_samples(1), parse_methods(f"mertens,model:{weights}"), ["psnr"], tmp_path / "o", "k", progress=False)
+    by = {e["method"]: e for e in res.summary()}
+    assert by["model:tiny"]["params"] > 0 and by["model:tiny"]["gflops"] > 0
+    assert by["mertens"]["params"] is None
+    assert "| model:tiny | 1 |" in markdown_table(res)

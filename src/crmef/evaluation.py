@@ -182,7 +182,7 @@ def _model_method(spec: str, name: str, device: str) -> Method:
             stamp += f":{sibling.stat().st_mtime_ns}"
 
     def fuse(under: np.ndarray, over: np.ndarray, _: str) -> np.ndarray:
-        out = fuse_frames([under, over], model=net)
+        out = fuse_frames([under, over], model=net, device=device)
         return np.clip(np.asarray(out, dtype=np.float32), 0.0, 1.0)
 
     return Method(spec, f"model:{path.stem if path.suffix else name}", fuse, key=f"model:{stamp}",
