@@ -50,8 +50,8 @@ from crmef.nets.fusion import FusionNet
 from crmef.utils import resolve_device
 
 MODES = ("auto", "fast", "full")
-DEFAULT_MAX_MEMORY = 1 << 30
-"""Default working-memory budget of the network (bytes): 1 GiB."""
+DEFAULT_MAX_MEMORY = 768 << 20
+"""Default working-memory budget of the network (bytes): 768 MiB."""
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 

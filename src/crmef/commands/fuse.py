@@ -50,8 +50,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--full", dest="mode", action="store_const", const="full", help="network at full resolution")
     p.set_defaults(mode="auto")
     p.add_argument("--tile", type=int, help="tile side in pixels for --full (default: from --max-memory)")
-    p.add_argument("--max-memory", type=parse_memory, default="1G",
-                   help="working-memory budget of the network, e.g. 800M, 1.5G (default 1G)")
+    p.add_argument("--max-memory", type=parse_memory, default="768M",
+                   help="working-memory budget of the network, e.g. 800M, 1.5G (default 768M)")
     p.add_argument("--fast-size", type=int, default=512, help="longest side of the reduced image in fast mode")
     p.add_argument("--bits", type=int, choices=(8, 16), help="output bit depth (default: that of the input)")
     p.add_argument("--quality", type=int, default=95, help="JPEG quality (default 95)")
