@@ -60,6 +60,16 @@ def test_ev_gap_matches_request(gap: float, crf: str) -> None:
     assert measured_ev_gap(s) == pytest.approx(gap, abs=0.1)
 
 
+@pytest.mark.parametrize("crf", ["srgb", "random"])
+def test_ev_gap_exact_without_noise(crf: str) -> None:
+    # noise-free: only quantisation remains, the measured gap matches to 0.01 EV over 2-6 EV
+    for gap in (2.0, 3.0, 4.5, 6.0):
+        cfg = SynthConfig(ev_gap=(gap, gap), crf=crf, full_well=None, read_noise=(0.0, 0.0))
+        for seed in range(3):
+            s = synthesize(_radiance(seed, 96), np.random.default_rng(seed), cfg)
+            assert measured_ev_gap(s) == pytest.approx(gap, abs=0.01)
+
+
 def test_ev_gap_drawn_in_range() -> None:
     rng = np.random.default_rng(0)
     gaps = [synthesize(_radiance(1, 32), rng).params["ev_gap"] for _ in range(20)]

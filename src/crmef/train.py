@@ -451,6 +451,9 @@ class Trainer:
                               f"{cfg.batch_size}; raise data.samples_per_epoch or lower batch_size")
         self.loader = DataLoader(self.dataset, batch_size=cfg.batch_size, sampler=self.sampler, drop_last=True,
                                  num_workers=cfg.workers, persistent_workers=False,
+                                 # Own generator: creating an iterator must not draw from the global
+                                 # torch RNG (else a mid-epoch resume would shift the critic's draws).
+                                 generator=torch.Generator().manual_seed(cfg.data.seed),
                                  worker_init_fn=_worker_init if cfg.workers > 0 else None)
         self.val_set = None
         if cfg.val is not None:
@@ -581,7 +584,7 @@ class Trainer:
         with self._autocast():
             loss, g_parts = self.criterion(y, ref, self.critic if use_gan else None)
         if not self._all_finite(loss):
-            raise NonFiniteLossError(f"generator loss is {float(loss)} at step {self.step + 1} (parts: {g_parts})")
+            raise NonFiniteLossError(f"generator loss is {float(loss.detach())} at step {self.step + 1} (parts: {g_parts})")
         self.g_opt.zero_grad(set_to_none=True)
         loss.backward()
         self.g_opt.step()

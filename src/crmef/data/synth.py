@@ -43,7 +43,7 @@ from crmef.errors import InputError
 
 COLD_PIXEL_RATIO = 0.02
 """A radiance pixel 50x darker than its 5x5 median is an artefact (see :func:`repair_radiance`)."""
-POISSON_EXACT_BELOW = 64.0
+POISSON_EXACT_BELOW = 16.0
 """Photon counts below this are drawn from an exact Poisson law, above from its Gaussian limit."""
 _LUMA = np.array([0.2126, 0.7152, 0.0722], dtype=np.float32)
 
@@ -255,18 +255,24 @@ def random_crop_radiance(radiance: np.ndarray, size: int | None, rng: np.random.
 
 
 def _expose(x: np.ndarray, rng: np.random.Generator, full_well: float | None, read_noise: float) -> np.ndarray:
-    x = np.clip(x, 0.0, 4.0)  # beyond 4x saturation the noise does not matter: it clips
-    if full_well is not None:
-        lam = x * np.float32(full_well)
-        # Exact Poisson where counts are small; above POISSON_EXACT_BELOW photons the Gaussian
-        # N(lam, lam) is indistinguishable and ~10x cheaper to draw.
-        small = lam < POISSON_EXACT_BELOW
-        counts = lam + np.sqrt(lam) * rng.standard_normal(lam.shape, dtype=np.float32)
-        counts[small] = rng.poisson(lam[small])
-        x = counts / np.float32(full_well)
-    if read_noise > 0:
-        x = x + rng.normal(0.0, read_noise, x.shape).astype(np.float32)
-    return np.clip(x, 0.0, 1.0).astype(np.float32)
+    """Sensor: Poisson shot noise (``full_well`` photons at saturation) plus Gaussian read noise.
+
+    Pixels with fewer than :data:`POISSON_EXACT_BELOW` expected photons get an exact Poisson draw
+    plus read noise; brighter pixels get the Gaussian limit ``N(x, x / full_well + read_noise**2)``
+    (one draw; indistinguishable after 8-bit quantisation, and several times cheaper).
+    """
+    x = np.clip(x, 0.0, 4.0).astype(np.float32)  # beyond 4x saturation noise does not matter: it clips
+    n = rng.standard_normal(x.shape, dtype=np.float32)
+    r2 = np.float32(read_noise**2)
+    if full_well is None:
+        return np.clip(x + np.float32(read_noise) * n, 0.0, 1.0)
+    fw = np.float32(full_well)
+    y = x + np.sqrt(x / fw + r2) * n
+    small = x * fw < POISSON_EXACT_BELOW
+    if small.any():
+        # n[small] is unused above for these pixels: reuse it as their read noise
+        y[small] = rng.poisson(x[small] * fw).astype(np.float32) / fw + np.float32(read_noise) * n[small]
+    return np.clip(y, 0.0, 1.0)
 
 
 def _quantise(v: np.ndarray, jpeg: int | None) -> np.ndarray:

@@ -1,0 +1,178 @@
+"""Trainer: exact resume after SIGKILL, atomic checkpoints, NaN guard, config and data errors.
+
+All runs use configs/train/tiny.yaml (C=4, 32x32 crops of synthetic HDR brackets): seconds each.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from crmef.config import load_config
+from crmef.errors import ConfigError
+from crmef.train import NonFiniteLossError, Trainer, TrainConfig, latest_checkpoint, load_checkpoint, train
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "train" / "tiny.yaml"
+
+
+def _overrides(shared_data: Path, **extra: object) -> list[str]:
+    hdr = shared_data / "hdr"
+    out = [
+        f"data.sources=[{{root: '{hdr}', kind: hdr_synth}}]",
+        f"val.sources=[{{root: '{hdr}', kind: hdr_synth}}]",
+    ]
+    return out + [f"{k}={v}" for k, v in extra.items()]
+
+
+def _cfg(shared_data: Path, **extra: object) -> TrainConfig:
+    return load_config(TrainConfig, TINY, _overrides(shared_data, **extra))
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
+
+
+def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_sigkill_and_resume_equals_uninterrupted(shared_data: Path, tmp_path: Path) -> None:
+    steps = 40
+    extra = {"steps": steps, "val": "null"}
+    ref = train(_cfg(shared_data, **extra), tmp_path / "ref", progress=False)
+    assert ref.step == steps
+
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "crmef.cli", "train", "--config", str(TINY), "--out", str(out), "--no-progress"]
+    for o in _overrides(shared_data, **extra):
+        cmd += ["--set", o]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while latest_checkpoint(out) is None:
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else "trainer exited early"
+        assert time.monotonic() < deadline, "no checkpoint within 60 s"
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = json.loads((latest_checkpoint(out) / "state.json").read_text())["step"]
+    assert 0 < killed_at < steps, f"the run was not killed mid-way (latest checkpoint at step {killed_at})"
+
+    resumed = train(_cfg(shared_data, **extra), out, resume=True, progress=False)
+    assert resumed.step == steps
+    _assert_same(_weights(ref.model_path), _weights(resumed.model_path))
+    final_ref = load_checkpoint(latest_checkpoint(tmp_path / "ref"))
+    final_res = load_checkpoint(latest_checkpoint(out))
+    _assert_same(final_ref["critic"], final_res["critic"])
+    _assert_same(final_ref["optim"], final_res["optim"])
+
+
+KILL_IN_SAVE = textwrap.dedent(
+    """
+    import os, signal, sys
+    import crmef.train as T
+    from crmef.config import load_config
+
+    real_save = T.save_file
+    def save_then_die(tensors, path):
+        real_save(tensors, path)
+        if "step-0000004" in str(path) and "optim" in str(path):
+            with open(path, "r+b") as fh:   # half-written file, then SIGKILL mid-checkpoint
+                fh.truncate(os.path.getsize(path) // 2)
+            os.kill(os.getpid(), signal.SIGKILL)
+    T.save_file = save_then_die
+    cfg = load_config(T.TrainConfig, sys.argv[1], sys.argv[3:])
+    T.train(cfg, sys.argv[2], progress=False)
+    """
+)
+
+
+def test_kill_during_save_keeps_previous_checkpoint(shared_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    script = tmp_path / "kill_in_save.py"
+    script.write_text(KILL_IN_SAVE)
+    args = [sys.executable, str(script), str(TINY), str(out), *_overrides(shared_data, steps=8, val="null")]
+    proc = subprocess.run(args, cwd=ROOT, capture_output=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+    ckpt = latest_checkpoint(out)
+    assert ckpt is not None and ckpt.name == "step-0000002"
+    loaded = load_checkpoint(ckpt)
+    assert loaded["state"]["step"] == 2 and loaded["model"]
+    assert any(p.name.startswith(".step-0000004") for p in (out / "checkpoints").iterdir())  # the broken one
+    done = train(_cfg(shared_data, steps=8, val="null"), out, resume=True, progress=False)
+    assert done.step == 8
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(shared_data: Path, tmp_path: Path) -> None:
+    trainer = Trainer(_cfg(shared_data, steps=8, val="null"), tmp_path / "run", progress=False)
+    real = trainer.criterion
+
+    def nan_from_step_5(y: torch.Tensor, ref: torch.Tensor, critic: object = None) -> tuple[torch.Tensor, dict]:
+        total, parts = real(y, ref, critic)
+        return (total * float("nan"), parts) if trainer.step >= 4 else (total, parts)
+
+    trainer.criterion = nan_from_step_5  # type: ignore[assignment]
+    with pytest.raises(NonFiniteLossError, match=r"generator loss is nan at step 5.*last good checkpoint is .*step-0000004"):
+        trainer.run()
+    ckpt = load_checkpoint(latest_checkpoint(tmp_path / "run"))
+    assert ckpt["state"]["step"] == 4
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+
+def test_cli_nan_message(shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from crmef.cli import main
+
+    # A learning rate of 1e30 blows the weights up to inf/NaN within a few steps.
+    args = ["train", "--config", str(TINY), "--out", str(tmp_path / "run"), "--no-progress"]
+    for o in _overrides(shared_data, steps=8, val="null", **{"optim.lr": 1e30, "optim.lr_min": 1e29}):
+        args += ["--set", o]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "crmef: error: training stopped:" in err and "loss is nan" in err
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ({"data.crop": "null"}, "data.crop must be set"),
+        ({"data.crop": 4}, "crop"),
+        ({"data.crop": 600}, "smaller than the crop 600x600"),
+        ({"batch_size": 0}, "batch_size must be >= 1"),
+        ({"model.genotype": "nosuch"}, "unknown preset 'nosuch'"),
+        ({"steps": "many"}, "steps: expected an integer"),
+    ],
+)
+def test_bad_config_errors(shared_data: Path, tmp_path: Path, extra: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Trainer(_cfg(shared_data, **extra), tmp_path / "run", progress=False)
+
+
+def test_missing_reference_folder(shared_data: Path, tmp_path: Path) -> None:
+    root = tmp_path / "pairs"
+    for sub in ("trainA", "trainB"):  # no trainC: the ground-truth folder is missing
+        (root / sub).mkdir(parents=True)
+    cfg = _cfg(shared_data, **{"data.sources": f"[{{root: '{root}', kind: paired}}]"})
+    with pytest.raises(ConfigError, match="trainC"):
+        Trainer(cfg, tmp_path / "run", progress=False)
+    with pytest.raises(ConfigError, match="does not exist"):
+        Trainer(_cfg(shared_data, **{"data.sources": f"[{{root: '{tmp_path / 'nope'}'}}]"}), tmp_path / "r2", progress=False)
+
+
+def test_resume_guards(shared_data: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no checkpoint"):
+        train(_cfg(shared_data, steps=2, val="null"), tmp_path / "run", resume=True, progress=False)
+    train(_cfg(shared_data, steps=2, val="null"), tmp_path / "run", progress=False)
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(_cfg(shared_data, steps=2, val="null"), tmp_path / "run", progress=False)
