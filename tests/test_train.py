@@ -176,3 +176,20 @@ def test_resume_guards(shared_data: Path, tmp_path: Path) -> None:
     train(_cfg(shared_data, steps=2, val="null"), tmp_path / "run", progress=False)
     with pytest.raises(ConfigError, match="already holds a run"):
         train(_cfg(shared_data, steps=2, val="null"), tmp_path / "run", progress=False)
+
+
+def test_loader_workers_after_opencv_thread_pool(shared_data: Path, tmp_path: Path) -> None:
+    # Regression: a worker_init calling cv2.setNumThreads in a forked child whose parent had
+    # already run OpenCV's thread pool (e.g. building references) waited forever.
+    script = textwrap.dedent(f"""
+        import cv2, numpy as np
+        cv2.setNumThreads(2)
+        cv2.GaussianBlur(np.zeros((2000, 2000, 3), np.float32), (31, 31), 5)
+        from crmef.config import load_config
+        from crmef.train import TrainConfig, train
+        cfg = load_config(TrainConfig, {str(TINY)!r}, {_overrides(shared_data, steps=2, workers=1, val='null')!r})
+        print("steps", train(cfg, {str(tmp_path / 'w')!r}, progress=False).step)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=90)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "steps 2" in done.stdout

@@ -52,6 +52,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from crmef.config import dump_config, to_dict
 from crmef.data.datasets import DataConfig, MixedDataset, build_dataset
+from crmef.data.datasets import _worker_init as _data_worker_init
 from crmef.errors import ConfigError, CrmefError, InputError
 from crmef.losses import FusionLoss, LossConfig, critic_loss
 from crmef.nets.critic import CriticConfig, PatchCritic
@@ -454,7 +455,7 @@ class Trainer:
                                  # Own generator: creating an iterator must not draw from the global
                                  # torch RNG (else a mid-epoch resume would shift the critic's draws).
                                  generator=torch.Generator().manual_seed(cfg.data.seed),
-                                 worker_init_fn=_worker_init if cfg.workers > 0 else None)
+                                 worker_init_fn=_data_worker_init if cfg.workers > 0 else None)
         self.val_set = None
         if cfg.val is not None:
             self.val_set = build_dataset(cfg.val)
@@ -749,13 +750,6 @@ class Trainer:
             last_val = self.history[-1] if self.history else None
             save_model(self.net, self.out / "model", self.card(last_val))
         return TrainResult(self.step, self.out, model_path, self.wall_time, self.best, stopped_early)
-
-
-def _worker_init(_: int) -> None:
-    torch.set_num_threads(1)
-    import cv2
-
-    cv2.setNumThreads(1)
 
 
 def train(cfg: TrainConfig, out_dir: str | os.PathLike[str], resume: bool = False, progress: bool = True) -> TrainResult:
