@@ -127,6 +127,17 @@ def test_eval_cli_on_synthetic_hdr(shared_data: Path, tmp_path: Path, capsys: py
     assert "nope: no such folder" in capsys.readouterr().err
 
 
+def test_load_samples_misaligned(shared_data: Path) -> None:
+    from crmef.evaluation import load_samples
+
+    (plain,), _ = load_samples(shared_data / "hdr", samples=1, limit=1)
+    (mis,), _ = load_samples(shared_data / "hdr", samples=1, limit=1, misalign=True)
+    (again,), _ = load_samples(shared_data / "hdr", samples=1, limit=1, misalign=True)
+    assert mis.under.shape == mis.over.shape == mis.ref.shape
+    assert mis.under.shape[0] < plain.under.shape[0]  # invalid borders cropped
+    np.testing.assert_array_equal(mis.under, again.under)  # reproducible for the seed
+
+
 def test_model_method_reports_params_and_flops(tmp_path: Path) -> None:
     pytest.importorskip("crmef.inference", reason="inference engine not available")
     from crmef.models import save_model

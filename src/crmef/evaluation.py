@@ -230,7 +230,7 @@ class Sample:
 
 
 def load_samples(root: str | Path, split: str = "test", kind: str = "auto", samples: int | None = None,
-                 seed: int = 0, limit: int | None = None) -> tuple[list[Sample], str]:
+                 seed: int = 0, limit: int | None = None, misalign: bool = False) -> tuple[list[Sample], str]:
     """Full-size (under, over, ref) samples of a dataset split via :mod:`crmef.data`.
 
     Args:
@@ -240,6 +240,10 @@ def load_samples(root: str | Path, split: str = "test", kind: str = "auto", samp
         samples: number of synthetic samples for ``hdr_synth`` (default: 2 per radiance map).
         seed: synthesis / split seed.
         limit: keep only the first ``limit`` samples.
+        misalign: warp each under frame by a random homography plus a smooth local displacement
+            (the training defaults of :class:`~crmef.data.misalign.MisalignConfig` with a 2 px
+            local field; reproducible for ``seed``); the reference stays aligned with the over
+            frame and invalid borders are cropped from all three.
 
     Returns:
         The samples and the detected kind.
@@ -252,8 +256,11 @@ def load_samples(root: str | Path, split: str = "test", kind: str = "auto", samp
     if not root.is_dir():
         raise InputError(f"--data {root}: no such folder")
     actual = detect_layout(root) if kind == "auto" else kind
+    from crmef.data.misalign import MisalignConfig
+
     cfg = DataConfig(sources=[SourceSpec(root=str(root), kind=actual)], crop=None, split=split,
-                     augment=False, seed=seed, samples_per_epoch=None)
+                     augment=False, seed=seed, samples_per_epoch=None,
+                     misalign=MisalignConfig(local_amplitude=2.0) if misalign else False)
     ds = build_dataset(cfg)
     if actual == "hdr_synth":
         n = samples or 2 * len(getattr(ds, "maps", [0]))

@@ -36,6 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, default=None,
                         help="folder for the tables and the fused cache without --report (default: $CRMEF_HOME/eval)")
     parser.add_argument("--samples", type=int, default=None, help="synthetic samples for HDR data (default 2 per map)")
+    parser.add_argument("--misalign", action="store_true",
+                        help="misalign each under frame synthetically (homography ±8 px/±2°/±2 %% + 2 px local field)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N samples")
     parser.add_argument("--seed", type=int, default=0, help="split / synthesis seed")
     parser.add_argument("--figures", type=int, default=8, help="signal-map figures in the report (default 8)")
@@ -63,15 +65,19 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--limit must be >= 1, got {args.limit}")
     metrics = list(ALL_METRIC_NAMES) if args.metrics == "auto" else parse_metrics(args.metrics)
     methods = parse_methods(args.methods, device=args.device)
-    samples, kind = load_samples(args.data, args.split, args.kind, args.samples, args.seed, args.limit)
+    samples, kind = load_samples(args.data, args.split, args.kind, args.samples, args.seed, args.limit,
+                                  misalign=args.misalign)
     if not samples:
         raise InputError(f"--data {args.data}: no samples in split {args.split!r}")
     if all(s.ref is None for s in samples):
         metrics = [m for m in metrics if m == "mef_ssim"] or ["mef_ssim"]
     out = args.report or args.out or data_dir() / "eval"
     data_key = f"{Path(args.data).resolve()}|{kind}|{args.split}|{args.seed}|{args.samples}"
+    if args.misalign:
+        data_key += "|misalign"
     result = evaluate(samples, methods, metrics, Path(out), data_key, progress=not args.no_progress)
-    title = f"crmef eval: {args.data} ({kind}, split {args.split}, {len(samples)} images)"
+    title = (f"crmef eval: {args.data} ({kind}{', misaligned' if args.misalign else ''}, split {args.split}, "
+             f"{len(samples)} images)")
     paths = write_tables(result, Path(out), header=f"# {title}")
     print(title)
     print(markdown_table(result))
