@@ -31,7 +31,7 @@ from crmef.errors import InputError
 from crmef.imageio import read_image
 from crmef.utils import atomic_path
 
-REFERENCE_METHOD = "mertens-cv2-all-frames-clip-v1"
+REFERENCE_METHOD = "mertens-cv2-all-frames-clip-v2"  # v2: v1 entries may hold near-black refs of an early build
 """Bump when the reference method changes: cached references are keyed by it."""
 
 
