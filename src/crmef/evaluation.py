@@ -174,12 +174,16 @@ def _model_method(spec: str, name: str, device: str) -> Method:
         raise ConfigError(f"{spec}: crmef.inference is not available in this install ({exc})") from exc
     from crmef.complexity import count_params
 
+    from crmef.models import resolve_model_paths
+
     net = load_model(name, device=device)
     path = Path(name)
-    stamp = f"{path.resolve()}:{path.stat().st_mtime_ns}:{path.stat().st_size}" if path.exists() else name
-    for sibling in (path.with_suffix(".safetensors"), path.with_suffix(".json")):
-        if sibling.exists():
-            stamp += f":{sibling.stat().st_mtime_ns}"
+    # Key the fused-image cache on the weight and card files themselves (a retrained default
+    # model under the same name must not reuse the old fusions).
+    stamp = name
+    for file in resolve_model_paths(name):
+        st = file.stat()
+        stamp += f":{file.resolve()}:{st.st_mtime_ns}:{st.st_size}"
 
     def fuse(under: np.ndarray, over: np.ndarray, _: str) -> np.ndarray:
         out = fuse_frames([under, over], model=net, device=device)
