@@ -1,0 +1,58 @@
+"""Install a trained model as one of crmef's shipped defaults (``src/crmef/weights/NAME``).
+
+    .venv/bin/python tools/ship_model.py runs/general/best.safetensors general \\
+        --config configs/train/general.yaml
+
+Loads the model with :func:`crmef.models.load_model` (so only loadable weights are shipped),
+completes its card (name, how the references were made, the training config file, the training
+run's step/wall time/hardware, which are already in it) and writes
+``src/crmef/weights/NAME.safetensors`` + ``NAME.json`` atomically via
+:func:`crmef.models.save_model`. Test metrics are added afterwards by
+``benchmarks/eval_models.py --write-cards``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+REFERENCES = {
+    "brackets": ("OpenCV Mertens exposure fusion of every frame of the bracket, clipped to [0, 1] "
+                 "(crmef.data.reference); the network sees only the darkest and brightest usable frames"),
+    "hdr_synth": ("global extended Reinhard tone mapping (key 0.18, white at the 99.9th percentile) of "
+                  "the noise-free linear radiance, sRGB-encoded (crmef.data.synth)"),
+}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", type=Path, help="trained model (.safetensors with its .json card)")
+    p.add_argument("name", choices=["general", "aligned"])
+    p.add_argument("--config", type=Path, required=True, help="the training config it was trained with")
+    p.add_argument("--note", default="", help="free text stored as card['notes']")
+    args = p.parse_args()
+
+    from crmef.models import WEIGHTS_DIR, load_model, save_model
+
+    net = load_model(args.model, device="cpu")
+    card = {k: v for k, v in net.card.items() if k not in ("genotype", "channels", "cascades", "head", "eps")}
+    card["name"] = args.name
+    training = card.setdefault("training", {})
+    training["config"] = str(args.config)
+    kinds = sorted({s["kind"] for s in training.get("data", {}).get("sources", [])})
+    training["references"] = {k: REFERENCES.get(k, "given ground truth") for k in kinds}
+    training["source_checkpoint"] = str(args.model)
+    if args.note:
+        card["notes"] = args.note
+    WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
+    weights, card_path = save_model(net, WEIGHTS_DIR / args.name, card)
+    size = weights.stat().st_size
+    print(f"shipped {args.model} as {weights} ({size / 1e6:.2f} MB) + {card_path.name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
