@@ -94,7 +94,7 @@ def handheld_figure(models: dict[str, str], out: Path) -> Path | None:
     width = max(r.shape[1] for r in rows)
     rows = [np.pad(r, ((0, 8), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
     path = out / "handheld_side_by_side.png"
-    write_image(path, np.concatenate(rows, 0))
+    write_image(path, np.concatenate(rows, 0).astype(np.float32) / 255.0)
     print(f"\nhand-held bracket ({ordered[i].name} + {ordered[j].name}): {path}")
     return path
 
