@@ -7,7 +7,8 @@ Usage::
 Frames: a real photo (``skimage.data.coffee()``) resized to 1 MP / 12 MP (4:3) and bracketed at
 ±2 EV (inverse sRGB, scale, clip, sRGB, 8-bit). Every configuration runs in its own subprocess
 (frames loaded from .npy, model loaded, then the fusion timed ``runs`` times; the median is
-reported); peak RSS is that child's ``ru_maxrss`` from ``os.wait4``. The model is the shipped
+reported); peak RSS is that child's ``VmHWM`` (``/proc/self/status``, read at its end; not
+``ru_maxrss``, which on Linux also counts the parent's RSS inherited at fork). The model is the shipped
 ``general`` one when installed, otherwise the general preset at C=16 with random weights (the
 shipped size; speed and memory do not depend on the weight values). The fast-vs-full quality
 cost (PSNR / SSIM between the two outputs) is printed for each size.
@@ -42,7 +43,10 @@ else:
 for _ in range(cfg["runs"]):
     t = time.perf_counter(); y = f(); times.append(time.perf_counter() - t)
 np.save(cfg["dir"] + "/" + cfg["method"] + ".npy", y)
-print(json.dumps({"times": times}))
+# Peak RSS of this process image only: VmHWM belongs to the post-exec address space, whereas
+# ru_maxrss from wait4 also counts the parent's RSS inherited at fork (Linux keeps it over exec).
+hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+print(json.dumps({"times": times, "vmhwm_kib": hwm}))
 """
 
 
@@ -64,12 +68,12 @@ def run_child(method: str, d: str, model: str, runs: int) -> tuple[float, float]
     cfg = json.dumps({"method": method, "dir": d, "model": model, "runs": runs})
     proc = subprocess.Popen([sys.executable, "-c", CHILD, cfg], stdout=subprocess.PIPE, text=True)
     out = proc.stdout.read()  # type: ignore[union-attr]
-    _, status, usage = os.wait4(proc.pid, 0)
+    _, status, _ = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise SystemExit(f"{method} failed with exit code {proc.returncode}")
-    times = json.loads(out.strip().splitlines()[-1])["times"]
-    return float(np.median(times)), usage.ru_maxrss / 1024.0
+    result = json.loads(out.strip().splitlines()[-1])
+    return float(np.median(result["times"])), result["vmhwm_kib"] / 1024.0
 
 
 def main() -> None:
