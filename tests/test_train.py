@@ -1,6 +1,8 @@
 """Trainer: exact resume after SIGKILL, atomic checkpoints, NaN guard, config and data errors.
 
 All runs use configs/train/tiny.yaml (C=4, 32x32 crops of synthetic HDR brackets): seconds each.
+The radiance maps are generated here (procedural, no files needed), so these tests also run in a
+clone without ``../shared``.
 """
 
 from __future__ import annotations
@@ -26,17 +28,34 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "train" / "tiny.yaml"
 
 
-def _overrides(shared_data: Path, **extra: object) -> list[str]:
-    hdr = shared_data / "hdr"
+@pytest.fixture(scope="module")
+def hdr_maps(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of two procedural linear radiance maps (Radiance .hdr)."""
+    import cv2
+    import numpy as np
+
+    from crmef.data.synth import synthetic_radiance
+
+    root = tmp_path_factory.mktemp("hdr")
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        rad = synthetic_radiance(256, 384, rng)
+        assert cv2.imwrite(str(root / f"map{i}.hdr"), np.ascontiguousarray(rad[..., ::-1]))
+    return root
+
+
+def _overrides(hdr: Path, **extra: object) -> list[str]:
     out = [
         f"data.sources=[{{root: '{hdr}', kind: hdr_synth}}]",
         f"val.sources=[{{root: '{hdr}', kind: hdr_synth}}]",
+        "data.split=all",
+        "val.split=all",
     ]
     return out + [f"{k}={v}" for k, v in extra.items()]
 
 
-def _cfg(shared_data: Path, **extra: object) -> TrainConfig:
-    return load_config(TrainConfig, TINY, _overrides(shared_data, **extra))
+def _cfg(hdr: Path, **extra: object) -> TrainConfig:
+    return load_config(TrainConfig, TINY, _overrides(hdr, **extra))
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
@@ -49,15 +68,15 @@ def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
 
 
-def test_sigkill_and_resume_equals_uninterrupted(shared_data: Path, tmp_path: Path) -> None:
+def test_sigkill_and_resume_equals_uninterrupted(hdr_maps: Path, tmp_path: Path) -> None:
     steps = 40
     extra = {"steps": steps, "val": "null"}
-    ref = train(_cfg(shared_data, **extra), tmp_path / "ref", progress=False)
+    ref = train(_cfg(hdr_maps, **extra), tmp_path / "ref", progress=False)
     assert ref.step == steps
 
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "crmef.cli", "train", "--config", str(TINY), "--out", str(out), "--no-progress"]
-    for o in _overrides(shared_data, **extra):
+    for o in _overrides(hdr_maps, **extra):
         cmd += ["--set", o]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
@@ -70,7 +89,7 @@ def test_sigkill_and_resume_equals_uninterrupted(shared_data: Path, tmp_path: Pa
     killed_at = json.loads((latest_checkpoint(out) / "state.json").read_text())["step"]
     assert 0 < killed_at < steps, f"the run was not killed mid-way (latest checkpoint at step {killed_at})"
 
-    resumed = train(_cfg(shared_data, **extra), out, resume=True, progress=False)
+    resumed = train(_cfg(hdr_maps, **extra), out, resume=True, progress=False)
     assert resumed.step == steps
     _assert_same(_weights(ref.model_path), _weights(resumed.model_path))
     final_ref = load_checkpoint(latest_checkpoint(tmp_path / "ref"))
@@ -99,11 +118,11 @@ KILL_IN_SAVE = textwrap.dedent(
 )
 
 
-def test_kill_during_save_keeps_previous_checkpoint(shared_data: Path, tmp_path: Path) -> None:
+def test_kill_during_save_keeps_previous_checkpoint(hdr_maps: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     script = tmp_path / "kill_in_save.py"
     script.write_text(KILL_IN_SAVE)
-    args = [sys.executable, str(script), str(TINY), str(out), *_overrides(shared_data, steps=8, val="null")]
+    args = [sys.executable, str(script), str(TINY), str(out), *_overrides(hdr_maps, steps=8, val="null")]
     proc = subprocess.run(args, cwd=ROOT, capture_output=True, timeout=120)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
     ckpt = latest_checkpoint(out)
@@ -111,12 +130,12 @@ def test_kill_during_save_keeps_previous_checkpoint(shared_data: Path, tmp_path:
     loaded = load_checkpoint(ckpt)
     assert loaded["state"]["step"] == 2 and loaded["model"]
     assert any(p.name.startswith(".step-0000004") for p in (out / "checkpoints").iterdir())  # the broken one
-    done = train(_cfg(shared_data, steps=8, val="null"), out, resume=True, progress=False)
+    done = train(_cfg(hdr_maps, steps=8, val="null"), out, resume=True, progress=False)
     assert done.step == 8
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(shared_data: Path, tmp_path: Path) -> None:
-    trainer = Trainer(_cfg(shared_data, steps=8, val="null"), tmp_path / "run", progress=False)
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(hdr_maps: Path, tmp_path: Path) -> None:
+    trainer = Trainer(_cfg(hdr_maps, steps=8, val="null"), tmp_path / "run", progress=False)
     real = trainer.criterion
 
     def nan_from_step_5(y: torch.Tensor, ref: torch.Tensor, critic: object = None) -> tuple[torch.Tensor, dict]:
@@ -131,12 +150,12 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(shared_data: Path, tmp_pa
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
 
 
-def test_cli_nan_message(shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_nan_message(hdr_maps: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from crmef.cli import main
 
     # A learning rate of 1e30 blows the weights up to inf/NaN within a few steps.
     args = ["train", "--config", str(TINY), "--out", str(tmp_path / "run"), "--no-progress"]
-    for o in _overrides(shared_data, steps=8, val="null", **{"optim.lr": 1e30, "optim.lr_min": 1e29}):
+    for o in _overrides(hdr_maps, steps=8, val="null", **{"optim.lr": 1e30, "optim.lr_min": 1e29}):
         args += ["--set", o]
     assert main(args) == 2
     err = capsys.readouterr().err
@@ -154,31 +173,31 @@ def test_cli_nan_message(shared_data: Path, tmp_path: Path, capsys: pytest.Captu
         ({"steps": "many"}, "steps: expected an integer"),
     ],
 )
-def test_bad_config_errors(shared_data: Path, tmp_path: Path, extra: dict, message: str) -> None:
+def test_bad_config_errors(hdr_maps: Path, tmp_path: Path, extra: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        Trainer(_cfg(shared_data, **extra), tmp_path / "run", progress=False)
+        Trainer(_cfg(hdr_maps, **extra), tmp_path / "run", progress=False)
 
 
-def test_missing_reference_folder(shared_data: Path, tmp_path: Path) -> None:
+def test_missing_reference_folder(hdr_maps: Path, tmp_path: Path) -> None:
     root = tmp_path / "pairs"
     for sub in ("trainA", "trainB"):  # no trainC: the ground-truth folder is missing
         (root / sub).mkdir(parents=True)
-    cfg = _cfg(shared_data, **{"data.sources": f"[{{root: '{root}', kind: paired}}]"})
+    cfg = _cfg(hdr_maps, **{"data.sources": f"[{{root: '{root}', kind: paired}}]"})
     with pytest.raises(ConfigError, match="trainC"):
         Trainer(cfg, tmp_path / "run", progress=False)
     with pytest.raises(ConfigError, match="does not exist"):
-        Trainer(_cfg(shared_data, **{"data.sources": f"[{{root: '{tmp_path / 'nope'}'}}]"}), tmp_path / "r2", progress=False)
+        Trainer(_cfg(hdr_maps, **{"data.sources": f"[{{root: '{tmp_path / 'nope'}'}}]"}), tmp_path / "r2", progress=False)
 
 
-def test_resume_guards(shared_data: Path, tmp_path: Path) -> None:
+def test_resume_guards(hdr_maps: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no checkpoint"):
-        train(_cfg(shared_data, steps=2, val="null"), tmp_path / "run", resume=True, progress=False)
-    train(_cfg(shared_data, steps=2, val="null"), tmp_path / "run", progress=False)
+        train(_cfg(hdr_maps, steps=2, val="null"), tmp_path / "run", resume=True, progress=False)
+    train(_cfg(hdr_maps, steps=2, val="null"), tmp_path / "run", progress=False)
     with pytest.raises(ConfigError, match="already holds a run"):
-        train(_cfg(shared_data, steps=2, val="null"), tmp_path / "run", progress=False)
+        train(_cfg(hdr_maps, steps=2, val="null"), tmp_path / "run", progress=False)
 
 
-def test_loader_workers_after_opencv_thread_pool(shared_data: Path, tmp_path: Path) -> None:
+def test_loader_workers_after_opencv_thread_pool(hdr_maps: Path, tmp_path: Path) -> None:
     # Regression: a worker_init calling cv2.setNumThreads in a forked child whose parent had
     # already run OpenCV's thread pool (e.g. building references) waited forever.
     script = textwrap.dedent(f"""
@@ -187,7 +206,7 @@ def test_loader_workers_after_opencv_thread_pool(shared_data: Path, tmp_path: Pa
         cv2.GaussianBlur(np.zeros((2000, 2000, 3), np.float32), (31, 31), 5)
         from crmef.config import load_config
         from crmef.train import TrainConfig, train
-        cfg = load_config(TrainConfig, {str(TINY)!r}, {_overrides(shared_data, steps=2, workers=1, val='null')!r})
+        cfg = load_config(TrainConfig, {str(TINY)!r}, {_overrides(hdr_maps, steps=2, workers=1, val='null')!r})
         print("steps", train(cfg, {str(tmp_path / 'w')!r}, progress=False).step)
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=90)
