@@ -32,7 +32,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -41,11 +40,11 @@ METRICS = ["psnr", "ssim", "lpips", "fsim", "mef_ssim"]
 
 def run_set(name: str, data: Path, methods: str, out: Path, hdr_samples: int, misalign: bool) -> dict[str, dict]:
     """Evaluate one test set; returns ``{method label: summary entry}`` and writes its tables."""
-    from crmef.evaluation import evaluate, load_samples, markdown_table, parse_methods, write_tables
+    from crmef.evaluation import data_key, evaluate, load_samples, markdown_table, parse_methods, write_tables
 
-    samples, kind = load_samples(data, "test", "auto", hdr_samples if "hdr" in name else None, 0, None,
-                                 misalign=misalign)
-    key = f"{data.resolve()}|{kind}|test|0|{hdr_samples if 'hdr' in name else None}" + ("|misalign" if misalign else "")
+    n = hdr_samples if "hdr" in name else None
+    samples, kind = load_samples(data, "test", "auto", n, 0, None, misalign=misalign)
+    key = data_key(data, kind, "test", 0, n, misalign)
     result = evaluate(samples, parse_methods(methods), METRICS, out / name, key, progress=True)
     write_tables(result, out / name, header=f"# {name}: {data} ({kind}, test split, {len(samples)} images)")
     print(f"\n## {name} ({len(samples)} images, {samples[0].under.shape[1]}x{samples[0].under.shape[0]} first)")
@@ -58,15 +57,14 @@ def handheld_figure(models: dict[str, str], out: Path) -> Path | None:
     import cv2
 
     from crmef.baselines import flow_mertens, mertens
-    from crmef.data.exposure import order_frames
     from crmef.imageio import read_image, write_image
-    from crmef.inference import fuse, usable_pair
+    from crmef.inference import fuse, order_files, usable_pair
 
     folder = SHARED / "misaligned" / "handheld"
     if not folder.is_dir():
         return None
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".tif", ".tiff"})
-    ordered = [f.path for f in order_frames(files)]
+    ordered = order_files(files)
     frames = [read_image(p) for p in ordered]
     i, j = usable_pair(frames)
     under, over = frames[i], frames[j]
@@ -117,7 +115,6 @@ def main() -> int:
     if not SHARED.is_dir():
         print(f"{SHARED} not found: the held-out data live in ../shared/data", file=sys.stderr)
         return 2
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     models = {"general": args.general}
     if args.aligned:
         models["aligned"] = args.aligned
@@ -131,10 +128,11 @@ def main() -> int:
         for name, data in (("hdr-misaligned", hdr), ("sequences-misaligned", seq)):
             res[name] = run_set(name, data, f"mertens,flow_mertens,{mods}", args.out, args.hdr_samples, True)
 
+    from crmef.evaluation import model_label
+
     def val(set_: str, method: str, metric: str) -> float:
         entry = res[set_]
-        label = method if method in entry else f"model:{Path(method).stem}"
-        return entry[label][metric][0]
+        return entry[method if method in entry else model_label(method)][metric][0]
 
     g, a = args.general, args.aligned
     rows = []
@@ -162,7 +160,7 @@ def main() -> int:
             card = json.loads(card_path.read_text())
             test = {}
             for set_, entry in res.items():
-                m = entry.get(f"model:{Path(model).stem}") or entry.get(f"model:{model}")
+                m = entry.get(model_label(model))
                 base = {b: {k: round(entry[b][k][0], 4) for k in METRICS if entry[b].get(k)}
                         for b in ("mertens", "flow_mertens") if b in entry}
                 if m:

@@ -38,7 +38,7 @@ def main() -> int:
     from crmef.models import WEIGHTS_DIR, load_model, save_model
 
     net = load_model(args.model, device="cpu")
-    card = {k: v for k, v in net.card.items() if k not in ("genotype", "channels", "cascades", "head", "eps")}
+    card = dict(net.card)  # save_model rewrites the structural keys from the network itself
     card["name"] = args.name
     training = card.setdefault("training", {})
     training["config"] = str(args.config)

@@ -163,9 +163,21 @@ def _folder_method(spec: str, folder: Path) -> Method:
     return Method(spec, f"folder:{folder.name}", fuse, key=f"folder:{folder.resolve()}", cacheable=False)
 
 
+def model_label(name: str) -> str:
+    """The table label of ``model:NAME_OR_PATH``: ``model:<file stem>`` for a path, else ``model:<name>``."""
+    path = Path(name)
+    return f"model:{path.stem if path.suffix else name}"
+
+
+def data_key(root: str | Path, kind: str, split: str, seed: int, samples: int | None, misalign: bool = False) -> str:
+    """Identity of an evaluated dataset (what :func:`load_samples` was asked for), for the cache key."""
+    key = f"{Path(root).resolve()}|{kind}|{split}|{seed}|{samples}"
+    return key + "|misalign" if misalign else key
+
+
 def _model_method(spec: str, name: str, device: str) -> Method:
     try:
-        from crmef.models import load_model
+        from crmef.models import load_model, resolve_model_paths
     except ImportError as exc:
         raise ConfigError(f"{spec}: model loading is not available in this install ({exc})") from exc
     try:
@@ -174,10 +186,7 @@ def _model_method(spec: str, name: str, device: str) -> Method:
         raise ConfigError(f"{spec}: crmef.inference is not available in this install ({exc})") from exc
     from crmef.complexity import count_params
 
-    from crmef.models import resolve_model_paths
-
     net = load_model(name, device=device)
-    path = Path(name)
     # Key the fused-image cache on the weight and card files themselves (a retrained default
     # model under the same name must not reuse the old fusions).
     stamp = name
@@ -189,7 +198,7 @@ def _model_method(spec: str, name: str, device: str) -> Method:
         out = fuse_frames([under, over], model=net, device=device)
         return np.clip(np.asarray(out, dtype=np.float32), 0.0, 1.0)
 
-    return Method(spec, f"model:{path.stem if path.suffix else name}", fuse, key=f"model:{stamp}",
+    return Method(spec, model_label(name), fuse, key=f"model:{stamp}",
                   params=count_params(net), net=net)
 
 
@@ -255,13 +264,12 @@ def load_samples(root: str | Path, split: str = "test", kind: str = "auto", samp
     from crmef.data import DataConfig, build_dataset
     from crmef.data.datasets import SourceSpec
     from crmef.data.layouts import detect_layout
+    from crmef.data.misalign import MisalignConfig
 
     root = Path(root).expanduser()
     if not root.is_dir():
         raise InputError(f"--data {root}: no such folder")
     actual = detect_layout(root) if kind == "auto" else kind
-    from crmef.data.misalign import MisalignConfig
-
     cfg = DataConfig(sources=[SourceSpec(root=str(root), kind=actual)], crop=None, split=split,
                      augment=False, seed=seed, samples_per_epoch=None,
                      misalign=MisalignConfig(local_amplitude=2.0) if misalign else False)

@@ -51,8 +51,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Sampler
 
 from crmef.config import dump_config, to_dict
-from crmef.data.datasets import DataConfig, MixedDataset, build_dataset
-from crmef.data.datasets import _worker_init as _data_worker_init
+from crmef.data.datasets import DataConfig, MixedDataset, build_dataset, worker_init
 from crmef.errors import ConfigError, CrmefError, InputError
 from crmef.losses import FusionLoss, LossConfig, critic_loss
 from crmef.nets.critic import CriticConfig, PatchCritic
@@ -455,7 +454,7 @@ class Trainer:
                                  # Own generator: creating an iterator must not draw from the global
                                  # torch RNG (else a mid-epoch resume would shift the critic's draws).
                                  generator=torch.Generator().manual_seed(cfg.data.seed),
-                                 worker_init_fn=_data_worker_init if cfg.workers > 0 else None)
+                                 worker_init_fn=worker_init if cfg.workers > 0 else None)
         self.val_set = None
         if cfg.val is not None:
             self.val_set = build_dataset(cfg.val)

@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from crmef.errors import InputError
     from crmef.evaluation import (
         ALL_METRIC_NAMES,
+        data_key,
         evaluate,
         load_samples,
         markdown_table,
@@ -72,10 +73,8 @@ def run(args: argparse.Namespace) -> int:
     if all(s.ref is None for s in samples):
         metrics = [m for m in metrics if m == "mef_ssim"] or ["mef_ssim"]
     out = args.report or args.out or data_dir() / "eval"
-    data_key = f"{Path(args.data).resolve()}|{kind}|{args.split}|{args.seed}|{args.samples}"
-    if args.misalign:
-        data_key += "|misalign"
-    result = evaluate(samples, methods, metrics, Path(out), data_key, progress=not args.no_progress)
+    key = data_key(args.data, kind, args.split, args.seed, args.samples, args.misalign)
+    result = evaluate(samples, methods, metrics, Path(out), key, progress=not args.no_progress)
     title = (f"crmef eval: {args.data} ({kind}{', misaligned' if args.misalign else ''}, split {args.split}, "
              f"{len(samples)} images)")
     paths = write_tables(result, Path(out), header=f"# {title}")

@@ -325,7 +325,8 @@ def build_dataset(cfg: DataConfig) -> Dataset:
     return MixedDataset(datasets, [s.weight for s in cfg.sources])
 
 
-def _worker_init(_: int) -> None:
+def worker_init(_: int) -> None:
+    """DataLoader ``worker_init_fn``: one torch thread per worker process."""
     # One thread per worker. Do not call cv2.setNumThreads here: in a forked child whose parent
     # already ran OpenCV's thread pool it waits forever for the parent's (absent) threads.
     torch.set_num_threads(1)
@@ -367,7 +368,7 @@ def build_loader(
         sampler=sampler,
         num_workers=workers,
         drop_last=drop_last,
-        worker_init_fn=_worker_init if workers > 0 else None,
+        worker_init_fn=worker_init if workers > 0 else None,
         # Not persistent: workers are re-created each epoch so they see set_epoch()'s value.
         persistent_workers=False,
         pin_memory=False,
