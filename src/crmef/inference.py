@@ -376,7 +376,7 @@ def run_fast(
             su, so = net.srsm[2 * s].attention(ru), net.srsm[2 * s + 1].attention(ro)
             au, ao, ru, ro = au * su, ao * so, ru * su, ro * so
         fa = ru + ro
-        illum = eps + (1.0 - eps) * torch.sigmoid(net.drm(fa))
+        illum = net.illumination(net.drm(fa))
         au_n, ao_n, fa_n, r_n = (_to_numpy(t) for t in (au, ao, fa, illum))
         cu = np.concatenate(guided_coefficients(luma(ul), au_n, gf_radius, gf_eps), axis=2)
         co = np.concatenate(guided_coefficients(luma(ol), ao_n, gf_radius, gf_eps), axis=2)

@@ -114,6 +114,7 @@ def build_from_card(card: dict[str, Any], where: str = "model card") -> FusionNe
             cascades=int(card["cascades"]),
             head=card["head"],
             eps=float(card.get("eps", 1e-3)),
+            illum_smooth=int(card.get("illum_smooth", 0)),
         )
     except (ValueError, TypeError, KeyError) as exc:
         raise InputError(f"{where}: invalid model description ({exc})") from exc
@@ -152,7 +153,8 @@ def load_model(name_or_path: str | os.PathLike[str], device: str | torch.device 
 def save_model(net: FusionNet, path: str | os.PathLike[str], card: dict[str, Any]) -> tuple[Path, Path]:
     """Save ``net`` as ``<path>.safetensors`` plus the model card ``<path>.json``, atomically.
 
-    The structural keys (``genotype``, ``channels``, ``cascades``, ``head``, ``eps``) are filled
+    The structural keys (``genotype``, ``channels``, ``cascades``, ``head``, ``eps``,
+    ``illum_smooth``) are filled
     from the network itself, so the card always describes the weights; ``card`` supplies
     ``name``, ``training``, ``metrics`` and anything else (kept as given).
 
@@ -181,6 +183,7 @@ def save_model(net: FusionNet, path: str | os.PathLike[str], card: dict[str, Any
         cascades=cfg.cascades,
         head=cfg.head,
         eps=cfg.eps,
+        illum_smooth=cfg.illum_smooth,
     )
     full.setdefault("training", {})
     full.setdefault("metrics", {})

@@ -89,6 +89,7 @@ class ModelSpec:
         channels: feature width C.
         cascades: SRSM stages per exposure.
         head: ``"retinex"``, ``"direct"`` or None (the genotype's default).
+        illum_smooth: box radius of the Retinex illumination map (0: the paper's per-pixel map).
         init_from: optional ``.safetensors`` model (or checkpoint ``model.safetensors``) whose
             tensors of matching name and shape initialise the network (fine-tuning).
     """
@@ -97,6 +98,7 @@ class ModelSpec:
     channels: int = 16
     cascades: int = 2
     head: str | None = None
+    illum_smooth: int = 0
     init_from: str | None = None
 
 
@@ -230,7 +232,8 @@ def build_net(spec: ModelSpec) -> FusionNet:
     """
     genotype = load_genotype(spec.genotype)
     try:
-        net = FusionNet.from_genotype(genotype, channels=spec.channels, cascades=spec.cascades, head=spec.head)
+        net = FusionNet.from_genotype(genotype, channels=spec.channels, cascades=spec.cascades, head=spec.head,
+                                       illum_smooth=spec.illum_smooth)
     except ValueError as exc:
         raise ConfigError(f"model: {exc}") from exc
     if spec.init_from:

@@ -9,7 +9,10 @@ Data flow for an under-exposed ``I_U`` and an over-exposed ``I_O`` (RGB in [0, 1
 3. DRM at width 2C produces 3 logits ``z``. Heads:
 
    - ``retinex``: illumination ``R = ε + (1-ε)·σ(z)`` and ``y = B ⊘ R`` where the base ``B`` is
-     ``F_A`` (no alignment) or ``conv3×3(F_A)`` (alignment).
+     ``F_A`` (no alignment) or ``conv3×3(F_A)`` (alignment). Optionally (``illum_smooth = r > 0``,
+     not in the paper) ``R`` is box-filtered with radius ``r``: Retinex theory's piecewise-smooth
+     illumination, so the detail of ``y`` comes from ``B`` and a per-pixel ``R`` cannot invert
+     small highlights (point lights turned into dark dots by the per-pixel map).
    - ``direct``: ``y = σ(z)`` (the public code's aligned model).
 
    ``y`` is clipped to [0, 1] with a straight-through gradient, so saturated pixels still learn.
@@ -46,6 +49,8 @@ class NetConfig:
         head: ``"retinex"`` (``y = F_A ⊘ R``) or ``"direct"`` (``y = σ(z)``).
         drm_blocks: number of DRM blocks (super-net only; a genotype fixes it).
         eps: floor of the Retinex illumination map.
+        illum_smooth: box-filter radius applied to the Retinex illumination map (0: the paper's
+            per-pixel map; see the module docstring).
         space: candidate ops per slot kind (super-net only).
     """
 
@@ -55,6 +60,7 @@ class NetConfig:
     head: str = "retinex"
     drm_blocks: int = 4
     eps: float = 1e-3
+    illum_smooth: int = 0
     space: SearchSpace = field(default_factory=SearchSpace)
 
     def __post_init__(self) -> None:
@@ -68,6 +74,10 @@ class NetConfig:
             raise ValueError(f"drm_blocks must be >= 1, got {self.drm_blocks}")
         if not 0 < self.eps < 1:
             raise ValueError(f"eps must be in (0, 1), got {self.eps}")
+        if not isinstance(self.illum_smooth, int) or isinstance(self.illum_smooth, bool) or self.illum_smooth < 0:
+            raise ValueError(f"illum_smooth must be a non-negative integer radius, got {self.illum_smooth!r}")
+        if self.illum_smooth and self.head != "retinex":
+            raise ValueError(f"illum_smooth applies to the retinex head only, got head {self.head!r}")
 
 
 class _ClipST(torch.autograd.Function):
@@ -173,6 +183,7 @@ class FusionNet(nn.Module):
         cascades: int = 2,
         head: str | None = None,
         eps: float = 1e-3,
+        illum_smooth: int = 0,
     ) -> FusionNet:
         """The compact derived network of ``genotype``.
 
@@ -180,7 +191,7 @@ class FusionNet(nn.Module):
         """
         head = head or ("direct" if genotype.align else "retinex")
         cfg = NetConfig(channels=channels, cascades=cascades, align=genotype.align, head=head,
-                        drm_blocks=len(genotype.drm), eps=eps)
+                        drm_blocks=len(genotype.drm), eps=eps, illum_smooth=illum_smooth)
         return cls(cfg, genotype=genotype)
 
     # ---------------------------------------------------------------- search interface
@@ -248,13 +259,21 @@ class FusionNet(nn.Module):
         base = self.to_rgb(fa) if self.to_rgb is not None else fa
         return fa, base
 
+    def illumination(self, z: Tensor) -> Tensor:
+        """Retinex illumination map of DRM logits: ``(B,3,H,W) -> (B,3,H,W)`` in [ε, 1],
+        box-filtered with radius ``illum_smooth`` (edges replicated) when that is positive."""
+        eps = self.config.eps
+        illumination = eps + (1.0 - eps) * torch.sigmoid(z)
+        r = self.config.illum_smooth
+        if r:
+            illumination = F.avg_pool2d(F.pad(illumination, (r, r, r, r), mode="replicate"), 2 * r + 1, stride=1)
+        return illumination
+
     def head(self, z: Tensor, base: Tensor) -> Tensor:
         """Output head on DRM logits ``z`` (B,3,H,W) -> unclipped image (B,3,H,W)."""
         if self.config.head == "direct":
             return torch.sigmoid(z)
-        eps = self.config.eps
-        illumination = eps + (1.0 - eps) * torch.sigmoid(z)
-        return base / illumination
+        return base / self.illumination(z)
 
     def forward(self, under: Tensor, over: Tensor) -> Tensor:
         check_pair(under, over)
