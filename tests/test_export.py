@@ -14,9 +14,10 @@ from crmef.space import get_preset
 ort = pytest.importorskip("onnxruntime")
 
 
-def test_onnx_parity_two_sizes(tmp_path):
+@pytest.mark.parametrize("illum_smooth", [0, 3])
+def test_onnx_parity_two_sizes(tmp_path, illum_smooth):
     torch.manual_seed(0)
-    net = FusionNet.from_genotype(get_preset("general"), channels=4).eval()
+    net = FusionNet.from_genotype(get_preset("general"), channels=4, illum_smooth=illum_smooth).eval()
     w, _ = save_model(net, tmp_path / "m", {"name": "tiny"})
     out = tmp_path / "m.onnx"
     assert main(["export", "--model", str(w), "--onnx", str(out)]) == 0
