@@ -359,7 +359,10 @@ def run_fast(
     strip: int = 256,
 ) -> np.ndarray:
     """Fast mode (module docstring): maps at longest side ``fast_size``, guided upsampling,
-    application at full resolution in row strips. (H, W, 3) x2 -> (H, W, 3) float32."""
+    application at full resolution in row strips. (H, W, 3) x2 -> (H, W, 3) float32.
+
+    A net with ``illum_smooth = r`` smooths its illumination map at the reduced size, i.e. over
+    ``r`` reduced pixels (a wider footprint at full resolution than in full mode)."""
     device = torch.device(device)
     h, w = under.shape[:2]
     lh, lw = _reduced_size(h, w, fast_size, net.multiple)
