@@ -10,7 +10,9 @@ has a neighbour. The margin is the measured receptive-field radius of the networ
 (:func:`receptive_field`, the extent of the non-zero input gradient of one output pixel) plus
 half a feathering band: every output pixel inside ``core ± feather/2`` only sees input that the
 tile contains, so it equals the untiled result up to float rounding, and neighbouring tiles are
-blended there with linear weights that sum to one (feathered blending).
+blended there with linear weights that sum to one (feathered blending). A network with the
+Mertens prior (``NetConfig.prior``) gets the prior of the whole image, computed once, and each
+tile its crop (the prior is a global operator: a per-tile prior would show seams).
 
 **Fast mode** uses the fact that the network's maps are multiplicative and smooth. For the
 Retinex head without alignment (the general model)::
@@ -22,8 +24,8 @@ side of ``fast_size`` pixels, transferred to full resolution with a fast guided 
 (He & Sun 2015: the linear coefficients ``a, b`` of ``map ≈ a·guide + b`` are fitted at low
 resolution in box windows, bilinearly upsampled, and applied to the full-resolution guide, the
 luma of the image the map multiplies), and the products and the division are done at full
-resolution in row strips. For the direct head, and for any model with alignment, the low-res
-output is transferred as a guided-upsampled ratio to the full-resolution base ``(I_U+I_O)/2``.
+resolution in row strips. For the direct head, for any model with alignment and for a model with
+the Mertens prior (computed on the reduced pair), the low-res output is transferred as a guided-upsampled ratio to the full-resolution base ``(I_U+I_O)/2``.
 
 **N frames**: frames are ordered darkest to brightest (EXIF exposure when every file has it,
 else trimmed-mean brightness; :mod:`crmef.data.exposure`). By default the darkest and brightest
@@ -45,8 +47,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from crmef.data.reference import mertens_reference
 from crmef.errors import InputError
 from crmef.nets.fusion import FusionNet
+from crmef.nets.prior import mertens_prior
 from crmef.utils import resolve_device
 
 MODES = ("auto", "fast", "full")
@@ -188,9 +192,15 @@ def receptive_field(net: FusionNet, device: torch.device | str = "cpu") -> int:
         u = (0.2 + 0.3 * torch.rand(1, 3, size, size, generator=gen)).to(device)
         o = (0.5 + 0.3 * torch.rand(1, 3, size, size, generator=gen)).to(device)
 
+        with torch.no_grad():
+            # Nets with a Mertens prior get it whole-image and cropped per tile (run_full): it is
+            # held fixed here, so the radius is that of the network and its blend.
+            p0 = mertens_prior(u, o) if net.blend is not None else None
+
         def raw(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
             fa, base = net.fuse_features(a, b)
-            return net.head(net.drm(fa), base)
+            y = net.head(net.drm(fa), base)
+            return net.blend(y, p0, a, b) if net.blend is not None else y
 
         with torch.no_grad():
             ref = raw(u, o)
@@ -272,6 +282,9 @@ def run_full(
     h, w = under.shape[:2]
     if tile is None and h * w * bytes_per_pixel(net) <= max_memory:
         return _to_numpy(net(_to_tensor(under, device), _to_tensor(over, device)))
+    # A Mertens-prior net needs the prior of the whole image (a global operator): computed once,
+    # each tile gets its crop.
+    prior = mertens_reference([under, over]) if net.blend is not None else None
     m = net.multiple
     rf = receptive_field(net, device)
     margin = int(math.ceil((rf + feather / 2 + 8) / m) * m)  # +8: safety over the measured radius
@@ -286,7 +299,8 @@ def run_full(
         for x0, x1, _, _, wx in xs:
             u = _to_tensor(under[y0:y1, x0:x1], device)
             o = _to_tensor(over[y0:y1, x0:x1], device)
-            res = _to_numpy(net(u, o))
+            p = _to_tensor(prior[y0:y1, x0:x1], device) if prior is not None else None
+            res = _to_numpy(net(u, o, p))
             wt = (wy[:, None] * wx[None, :])[..., None]
             out[y0:y1, x0:x1] += res * wt
             acc[y0:y1, x0:x1] += wt
@@ -372,7 +386,7 @@ def run_fast(
     up = _Upsampler((lh, lw), (h, w))
     out = np.empty((h, w, 3), dtype=np.float32)
     eps = net.config.eps
-    if net.config.head == "retinex" and net.dasm is None:
+    if net.config.head == "retinex" and net.dasm is None and net.blend is None:
         au, ao = torch.ones_like(tu), torch.ones_like(to)
         ru, ro = tu, to
         for s in range(net.config.cascades):
@@ -394,7 +408,8 @@ def run_fast(
             np.divide(fa_s, np.maximum(illum_s, eps), out=fa_s)
             np.clip(fa_s, 0.0, 1.0, out=out[r0:r1])
         return out
-    # direct head or alignment: transfer the low-res output as a ratio to the base (I_U+I_O)/2
+    # direct head, alignment or Mertens prior (of the reduced pair): transfer the low-res output
+    # as a ratio to the base (I_U+I_O)/2
     yl = _to_numpy(net(tu, to))
     base_l = 0.5 * (ul + ol)
     ratio = yl / (base_l + 1e-2)

@@ -115,6 +115,7 @@ def build_from_card(card: dict[str, Any], where: str = "model card") -> FusionNe
             head=card["head"],
             eps=float(card.get("eps", 1e-3)),
             illum_smooth=int(card.get("illum_smooth", 0)),
+            prior=str(card.get("prior", "none")),
         )
     except (ValueError, TypeError, KeyError) as exc:
         raise InputError(f"{where}: invalid model description ({exc})") from exc
@@ -154,7 +155,7 @@ def save_model(net: FusionNet, path: str | os.PathLike[str], card: dict[str, Any
     """Save ``net`` as ``<path>.safetensors`` plus the model card ``<path>.json``, atomically.
 
     The structural keys (``genotype``, ``channels``, ``cascades``, ``head``, ``eps``,
-    ``illum_smooth``) are filled
+    ``illum_smooth``, ``prior``) are filled
     from the network itself, so the card always describes the weights; ``card`` supplies
     ``name``, ``training``, ``metrics`` and anything else (kept as given).
 
@@ -184,6 +185,7 @@ def save_model(net: FusionNet, path: str | os.PathLike[str], card: dict[str, Any
         head=cfg.head,
         eps=cfg.eps,
         illum_smooth=cfg.illum_smooth,
+        prior=cfg.prior,
     )
     full.setdefault("training", {})
     full.setdefault("metrics", {})

@@ -90,6 +90,7 @@ class ModelSpec:
         cascades: SRSM stages per exposure.
         head: ``"retinex"``, ``"direct"`` or None (the genotype's default).
         illum_smooth: box radius of the Retinex illumination map (0: the paper's per-pixel map).
+        prior: ``"none"`` (the paper) or ``"mertens"`` (learned blend with an in-graph Mertens fusion).
         init_from: optional ``.safetensors`` model (or checkpoint ``model.safetensors``) whose
             tensors of matching name and shape initialise the network (fine-tuning).
     """
@@ -99,6 +100,7 @@ class ModelSpec:
     cascades: int = 2
     head: str | None = None
     illum_smooth: int = 0
+    prior: str = "none"
     init_from: str | None = None
 
 
@@ -187,6 +189,16 @@ class TrainConfig:
                               f"down-sampling layers needs crops of at least {min_crop} pixels")
         if not 0 < self.optim.lr_min <= self.optim.lr:
             raise ConfigError(f"optim.lr_min must be in (0, optim.lr], got {self.optim.lr_min} and {self.optim.lr}")
+        if self.model.prior not in ("none", "mertens"):
+            raise ConfigError(f"model.prior must be 'none' or 'mertens', got {self.model.prior!r}")
+        # A net with the Mertens prior takes it as an input: the data pipeline supplies it.
+        for name, data in (("data", self.data), ("val", self.val)):
+            if data is None:
+                continue
+            data.prior = self.model.prior == "mertens"
+            if data.prior and data.misalign:
+                raise ConfigError(f"model.prior='mertens' cannot be trained on misaligned pairs ({name}.misalign): "
+                                  "the Mertens fusion of misaligned frames is ghosted")
 
 
 @dataclass
@@ -233,7 +245,7 @@ def build_net(spec: ModelSpec) -> FusionNet:
     genotype = load_genotype(spec.genotype)
     try:
         net = FusionNet.from_genotype(genotype, channels=spec.channels, cascades=spec.cascades, head=spec.head,
-                                       illum_smooth=spec.illum_smooth)
+                                       illum_smooth=spec.illum_smooth, prior=spec.prior)
     except ValueError as exc:
         raise ConfigError(f"model: {exc}") from exc
     if spec.init_from:
@@ -566,10 +578,11 @@ class Trainer:
             NonFiniteLossError: a loss is NaN/inf (nothing is updated by that step).
         """
         under, over, ref = (batch[k].to(self.device, non_blocking=True) for k in ("under", "over", "ref"))
+        prior = batch["prior"].to(self.device, non_blocking=True) if "prior" in batch else None
         use_gan = self.cfg.loss.adversarial > 0 and self.step >= self.cfg.gan_start
         self.gen.train()
         with self._autocast():
-            y = self.gen(under, over)
+            y = self.gen(under, over, prior)
         y = y.float()
         parts: dict[str, float] = {}
         if use_gan:
@@ -619,8 +632,9 @@ class Trainer:
         for i in range(len(self.val_set)):
             item = self.val_set[i]
             u, o, r = (item[k].unsqueeze(0).to(self.device) for k in ("under", "over", "ref"))
+            p = item["prior"].unsqueeze(0).to(self.device) if "prior" in item else None
             with self._autocast():
-                y = self.net(u, o)
+                y = self.net(u, o, p)
             y = y.float().clamp(0, 1).cpu()
             u, o, r = u.cpu(), o.cpu(), r.cpu()
             sums["psnr"] += float(psnr(y, r)[0])

@@ -1,7 +1,9 @@
 """``crmef export``: write a fusion model as ONNX with dynamic height and width.
 
 The graph takes ``under`` and ``over`` (1, 3, H, W) float32 in [0, 1] and returns ``fused``
-(1, 3, H, W). H and W must be multiples of the model's padding multiple (2 for the general
+(1, 3, H, W); a model with the Mertens prior (``NetConfig.prior``) takes a third input ``prior``,
+the OpenCV Mertens fusion of the whole (under, over) pair (:func:`crmef.nets.prior.mertens_prior`).
+H and W must be multiples of the model's padding multiple (2 for the general
 model): the PyTorch model pads odd sizes itself, but the traced pad amount would be frozen into
 the graph, so callers of the ONNX model pad (reflect) and crop. The aligned model uses
 ``torchvision.ops.deform_conv2d``, which the ONNX exporter of torch 2.14 / torchvision 0.29 does
@@ -36,13 +38,17 @@ def export_onnx(net, path: str | Path, opset: int = 19) -> Path:
         raise InputError(f"{path}: the output of --onnx must end in .onnx")
     net = net.to("cpu").eval()
     size = 8 * net.multiple * 4
-    example = (torch.rand(1, 3, size, size), torch.rand(1, 3, size, size))
+    example: tuple[torch.Tensor, ...] = (torch.rand(1, 3, size, size), torch.rand(1, 3, size, size))
+    names = ["under", "over"]
+    if net.blend is not None:  # Mertens-prior model: the prior is a third input
+        example = (*example, torch.rand(1, 3, size, size))
+        names.append("prior")
     axes = {2: "height", 3: "width"}
     with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            net, example, str(tmp), input_names=["under", "over"], output_names=["fused"],
-            dynamic_axes={"under": axes, "over": axes, "fused": axes}, opset_version=opset, dynamo=False,
+            net, example, str(tmp), input_names=names, output_names=["fused"],
+            dynamic_axes={**{n: axes for n in names}, "fused": axes}, opset_version=opset, dynamo=False,
         )
     return path
 

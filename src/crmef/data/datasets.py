@@ -9,10 +9,12 @@ Public API:
   :class:`~crmef.data.misalign.MisalignConfig`), ``pair_mode`` (``"extremes"`` or a minimum gap
   in stops), ``samples_per_epoch``, ``seed``, ``cache_dir``, ``synth``
   (:class:`~crmef.data.synth.SynthConfig`), ``augment``, ``resize``, ``clip_fraction``,
-  ``split_file``.
+  ``split_file``, ``prior``.
 - :func:`build_dataset` — a ``torch.utils.data.Dataset`` yielding
   ``{"under": Tensor[3, H, W], "over": Tensor[3, H, W], "ref": Tensor[3, H, W], "name": str}``,
-  float32 RGB in [0, 1].
+  float32 RGB in [0, 1]; with ``prior=True`` also ``"prior"``: the Mertens fusion of the whole
+  (under, over) frames, cropped and augmented with them (synthesised pairs: of the synthesised
+  crop), the input of networks with ``NetConfig.prior = "mertens"``.
 - :func:`build_loader` — a ``DataLoader`` (``DistributedSampler`` when ``distributed=True``;
   weighted sampling when sources have different weights).
 
@@ -45,7 +47,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSamp
 from crmef.data import layouts
 from crmef.data.layouts import PairItem, detect_layout
 from crmef.data.misalign import MisalignConfig, max_border, misalign_triple
-from crmef.data.reference import ArrayCache, default_cache_dir
+from crmef.data.reference import ArrayCache, default_cache_dir, mertens_reference
 from crmef.data.splitting import hash_split, load_split, lookup_split
 from crmef.data.synth import SynthConfig, load_radiance, random_crop_radiance, synthesize
 from crmef.data.transforms import augment, crop, random_crop_box, to_tensor
@@ -89,6 +91,7 @@ class DataConfig:
     resize: bool = False
     clip_fraction: float = 0.95
     split_file: str | None = None
+    prior: bool = False
 
     def __post_init__(self) -> None:
         self.sources = [s if isinstance(s, SourceSpec) else SourceSpec(**s) for s in self.sources]
@@ -102,6 +105,9 @@ class DataConfig:
             raise ConfigError(f"data.crop must be >= 8 or None, got {self.crop}")
         if self.samples_per_epoch is not None and self.samples_per_epoch < 1:
             raise ConfigError(f"data.samples_per_epoch must be >= 1, got {self.samples_per_epoch}")
+        if self.prior and self.misalign:
+            raise ConfigError("data.prior (Mertens prior input) cannot be combined with data.misalign: "
+                              "the fusion of misaligned frames is ghosted")
 
     @property
     def misalign_config(self) -> MisalignConfig | None:
@@ -147,8 +153,11 @@ class _EpochMixin:
             arrays = [u, o, r]
         if cfg.augment and cfg.crop is not None:
             arrays = augment(arrays, rng)
-        u, o, r = (to_tensor(a) for a in arrays)
-        return {"under": u, "over": o, "ref": r, "name": name}
+        u, o, r = (to_tensor(a) for a in arrays[:3])
+        out: dict[str, Any] = {"under": u, "over": o, "ref": r, "name": name}
+        if len(arrays) > 3:
+            out["prior"] = to_tensor(arrays[3])
+        return out
 
 
 class PairDataset(_EpochMixin, Dataset):
@@ -172,7 +181,8 @@ class PairDataset(_EpochMixin, Dataset):
         return self.length
 
     def arrays(self, item: PairItem) -> list[np.ndarray]:
-        """The uint8 (H, W, 3) under, over and reference of an item (memory-mapped)."""
+        """The uint8 (H, W, 3) under, over and reference of an item (memory-mapped), and the
+        whole-frame Mertens prior when ``cfg.prior``."""
         under = self.cache.frame(item.under, item.size)
         over = self.cache.frame(item.over, item.size)
         if item.ref is not None:
@@ -180,6 +190,8 @@ class PairDataset(_EpochMixin, Dataset):
         else:
             assert item.source_scene is not None
             ref = self.cache.reference(item.source_scene)
+        if self.cfg.prior:
+            return [under, over, ref, self.cache.pair_prior(item.under, item.over, item.size)]
         return [under, over, ref]
 
     def prepare(self, progress: bool = False) -> None:
@@ -246,7 +258,10 @@ class SynthDataset(_EpochMixin, Dataset):
         path = self.maps[int(rng.integers(len(self.maps)))]
         size = None if self.cfg.crop is None else self.cfg.crop + 2 * self.pad
         sample = synthesize(random_crop_radiance(self.radiance(path), size, rng), rng, self.cfg.synth)
-        return self._finish([sample.under, sample.over, sample.ref], rng, f"{path.stem}#{index}")
+        arrays = [sample.under, sample.over, sample.ref]
+        if self.cfg.prior:
+            arrays.append(mertens_reference([sample.under, sample.over]))
+        return self._finish(arrays, rng, f"{path.stem}#{index}")
 
 
 class MixedDataset(ConcatDataset):

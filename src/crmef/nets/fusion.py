@@ -16,6 +16,11 @@ Data flow for an under-exposed ``I_U`` and an over-exposed ``I_O`` (RGB in [0, 1
    - ``direct``: ``y = σ(z)`` (the public code's aligned model).
 
    ``y`` is clipped to [0, 1] with a straight-through gradient, so saturated pixels still learn.
+4. Optionally (``prior = "mertens"``, not in the paper): ``y ← y + w ⊙ (P − y)`` where ``P`` is the
+   Mertens exposure fusion of the two whole input images (:func:`~crmef.nets.prior.mertens_prior`,
+   an input of the network, computed from ``under`` and ``over`` when not given) and ``w ∈ (0, 1)`` comes from a small CNN at 1/8 resolution
+   (:class:`~crmef.nets.prior.PriorBlend`): the network learns where the classical fusion is the
+   better estimate and where its own output is.
 
 The same class is the super-net (every slot a mixed :class:`~crmef.space.Choice`) and the derived
 net (every slot one op), built by :meth:`FusionNet.supernet` and :meth:`FusionNet.from_genotype`.
@@ -32,10 +37,12 @@ from torch import Tensor, nn
 
 from crmef.nets.dasm import DASM
 from crmef.nets.drm import DRM
+from crmef.nets.prior import PriorBlend, mertens_prior
 from crmef.nets.srsm import SRSM
 from crmef.space import DASM_SLOTS, SRSM_SLOTS, Choice, Genotype, SearchSpace
 
 HEADS = ("retinex", "direct")
+PRIORS = ("none", "mertens")
 
 
 @dataclass
@@ -51,6 +58,8 @@ class NetConfig:
         eps: floor of the Retinex illumination map.
         illum_smooth: box-filter radius applied to the Retinex illumination map (0: the paper's
             per-pixel map; see the module docstring).
+        prior: ``"none"`` (the paper) or ``"mertens"``: blend the output with the Mertens
+            fusion of the inputs (module docstring, step 4).
         space: candidate ops per slot kind (super-net only).
     """
 
@@ -61,6 +70,7 @@ class NetConfig:
     drm_blocks: int = 4
     eps: float = 1e-3
     illum_smooth: int = 0
+    prior: str = "none"
     space: SearchSpace = field(default_factory=SearchSpace)
 
     def __post_init__(self) -> None:
@@ -78,6 +88,8 @@ class NetConfig:
             raise ValueError(f"illum_smooth must be a non-negative integer radius, got {self.illum_smooth!r}")
         if self.illum_smooth and self.head != "retinex":
             raise ValueError(f"illum_smooth applies to the retinex head only, got head {self.head!r}")
+        if self.prior not in PRIORS:
+            raise ValueError(f"prior must be one of {PRIORS}, got {self.prior!r}")
 
 
 class _ClipST(torch.autograd.Function):
@@ -168,6 +180,7 @@ class FusionNet(nn.Module):
         drm_in = c if self.dasm is not None else 3
         self.drm = DRM(drm_in, 2 * c, drm_ops)
         self.to_rgb = nn.Conv2d(c, 3, 3, padding=1) if (self.dasm is not None and config.head == "retinex") else None
+        self.blend = PriorBlend() if config.prior == "mertens" else None
 
     # ---------------------------------------------------------------- construction helpers
     @classmethod
@@ -184,6 +197,7 @@ class FusionNet(nn.Module):
         head: str | None = None,
         eps: float = 1e-3,
         illum_smooth: int = 0,
+        prior: str = "none",
     ) -> FusionNet:
         """The compact derived network of ``genotype``.
 
@@ -191,7 +205,8 @@ class FusionNet(nn.Module):
         """
         head = head or ("direct" if genotype.align else "retinex")
         cfg = NetConfig(channels=channels, cascades=cascades, align=genotype.align, head=head,
-                        drm_blocks=len(genotype.drm), eps=eps, illum_smooth=illum_smooth)
+                        drm_blocks=len(genotype.drm), eps=eps, illum_smooth=illum_smooth,
+                        prior=prior)
         return cls(cfg, genotype=genotype)
 
     # ---------------------------------------------------------------- search interface
@@ -275,11 +290,20 @@ class FusionNet(nn.Module):
             return torch.sigmoid(z)
         return base / self.illumination(z)
 
-    def forward(self, under: Tensor, over: Tensor) -> Tensor:
+    def forward(self, under: Tensor, over: Tensor, prior: Tensor | None = None) -> Tensor:
+        """Fuse a pair. For nets with ``prior="mertens"``, ``prior`` is the Mertens fusion of the
+        *whole* images (same shape as the inputs; tiled inference and the trainer pass crops of
+        it); when None it is computed from ``under`` and ``over`` as given. Must be None for
+        other nets."""
         check_pair(under, over)
+        if prior is not None and (self.blend is None or prior.shape != under.shape):
+            raise ValueError("prior given to a network without one, or of a different shape than the inputs")
+        if self.blend is not None and prior is None:
+            prior = mertens_prior(under, over)
         squeeze = under.dim() == 3
         if squeeze:
             under, over = under.unsqueeze(0), over.unsqueeze(0)
+            prior = prior.unsqueeze(0) if prior is not None else None
         h, w = under.shape[-2:]
         m = self.multiple
         ph, pw = (-h) % m, (-w) % m
@@ -287,7 +311,11 @@ class FusionNet(nn.Module):
             mode = "reflect" if (h > ph and w > pw) else "replicate"
             under = F.pad(under, (0, pw, 0, ph), mode=mode)
             over = F.pad(over, (0, pw, 0, ph), mode=mode)
+            prior = F.pad(prior, (0, pw, 0, ph), mode=mode) if prior is not None else None
         fa, base = self.fuse_features(under, over)
         y = clip_st(self.head(self.drm(fa), base))
+        if self.blend is not None:
+            assert prior is not None
+            y = self.blend(y, prior, under, over)
         y = y[..., :h, :w]
         return y.squeeze(0) if squeeze else y

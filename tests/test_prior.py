@@ -1,0 +1,177 @@
+"""Mertens prior (NetConfig.prior): the blend, the prior input, its data pipeline, tiling,
+ONNX export, model cards and trainer wiring."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from crmef.config import load_config
+from crmef.data.datasets import DataConfig, SourceSpec, build_dataset
+from crmef.data.reference import mertens_reference
+from crmef.data.synth import write_demo_bracket
+from crmef.errors import ConfigError
+from crmef.inference import receptive_field, run_fast, run_full
+from crmef.models import load_model, save_model
+from crmef.nets import FusionNet, NetConfig
+from crmef.nets.prior import PriorBlend, mertens_prior
+from crmef.space import get_preset
+from crmef.train import Trainer, TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+torch.set_num_threads(1)
+
+
+def _net(prior: str = "mertens", seed: int = 0) -> FusionNet:
+    torch.manual_seed(seed)
+    net = FusionNet.from_genotype(get_preset("general"), channels=4, prior=prior).eval()
+    if net.blend is not None:  # a trained-looking blend (the zero-initialised last conv would hide bugs)
+        torch.nn.init.normal_(net.blend.net[-1].weight, std=0.3)
+    return net
+
+
+def _pair(h: int, w: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    base = torch.rand(1, 3, h, w, generator=g)
+    return base * 0.4, (0.5 + base * 0.5).clamp(0, 1)
+
+
+def test_mertens_prior_is_opencv_mertens_per_batch_item() -> None:
+    u, o = _pair(20, 30)
+    u2, o2 = _pair(20, 30, seed=1)
+    got = mertens_prior(torch.cat([u, u2]), torch.cat([o, o2]))
+    assert got.shape == (2, 3, 20, 30)
+    for i, (a, b) in enumerate(((u, o), (u2, o2))):
+        want = mertens_reference([a[0].permute(1, 2, 0).numpy(), b[0].permute(1, 2, 0).numpy()])
+        np.testing.assert_allclose(got[i].permute(1, 2, 0).numpy(), want, atol=1e-6)
+    assert mertens_prior(u[0], o[0]).shape == (3, 20, 30)
+
+
+def test_blend_starts_near_the_network_and_moves_towards_the_prior() -> None:
+    blend = PriorBlend()
+    y, p = torch.full((1, 3, 24, 40), 0.2), torch.full((1, 3, 24, 40), 0.8)
+    u, o = _pair(24, 40)
+    w = blend.weight_map(y, p, u, o)
+    torch.testing.assert_close(w, torch.full_like(w, float(torch.sigmoid(torch.tensor(-3.0)))))
+    out = blend(y, p, u, o)
+    assert torch.all(out > 0.2) and torch.all(out < 0.8)
+    with torch.no_grad():
+        blend.net[-1].bias.fill_(40.0)
+    torch.testing.assert_close(blend(y, p, u, o), p)  # w -> 1: the prior itself
+
+
+def test_given_prior_equals_computed_prior_and_is_used() -> None:
+    net = _net()
+    u, o = _pair(36, 50)
+    with torch.no_grad():
+        auto = net(u, o)
+        given = net(u, o, mertens_prior(u, o))
+        other = net(u, o, torch.zeros_like(u))
+        plain = _net(prior="none")(u, o)
+    torch.testing.assert_close(auto, given)
+    assert (auto - other).abs().max() > 1e-3
+    assert auto.shape == plain.shape == u.shape and 0 <= float(auto.min()) and float(auto.max()) <= 1
+
+
+def test_prior_errors_are_clear() -> None:
+    u, o = _pair(16, 16)
+    with pytest.raises(ValueError, match="prior given to a network without one"):
+        _net(prior="none")(u, o, u)
+    with pytest.raises(ValueError, match="different shape"):
+        _net()(u, o, u[..., :8])
+    with pytest.raises(ValueError, match="prior must be one of"):
+        NetConfig(prior="reinhard")
+
+
+def test_card_round_trip(tmp_path: Path) -> None:
+    net = _net()
+    w, card = save_model(net, tmp_path / "m", {"name": "p"})
+    assert json.loads(card.read_text())["prior"] == "mertens"
+    back = load_model(w)
+    assert back.config.prior == "mertens"
+    u, o = _pair(24, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(back(u, o), net(u, o))
+
+
+def test_tiles_get_the_whole_image_prior() -> None:
+    """Tiled inference equals untiled inference: each tile gets its crop of the global prior."""
+    net = _net()
+    rng = np.random.default_rng(0)
+    base = rng.random((150, 170, 3), dtype=np.float32)
+    u, o = base * 0.4, np.clip(0.5 + base * 0.5, 0, 1).astype(np.float32)
+    whole = run_full(net, u, o)
+    tiled = run_full(net, u, o, tile=64)
+    assert np.abs(whole - tiled).max() < 1e-4
+    assert receptive_field(net) > 0
+    fast = run_fast(net, u, o, fast_size=64)
+    assert fast.shape == u.shape and np.isfinite(fast).all()
+
+
+def test_onnx_parity_with_prior_input(tmp_path: Path) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    from crmef.commands.export import export_onnx
+
+    net = _net()
+    path = export_onnx(net, tmp_path / "p.onnx")
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["under", "over", "prior"]
+    for h, w in [(48, 64), (90, 38)]:
+        u, o = _pair(h, w)
+        p = mertens_prior(u, o)
+        got = sess.run(None, {"under": u.numpy(), "over": o.numpy(), "prior": p.numpy()})[0]
+        with torch.no_grad():
+            want = net(u, o).numpy()
+        assert np.abs(got - want).max() < 1e-4
+
+
+def test_dataset_prior_is_the_whole_frame_fusion_cropped(tmp_path: Path) -> None:
+    root = tmp_path / "brackets"
+    write_demo_bracket(root / "s0", [-2, 0, 2], size=(72, 96), seed=0)
+    common = {"sources": [SourceSpec(str(root))], "cache_dir": str(tmp_path / "cache"), "split": "all"}
+    full = build_dataset(DataConfig(crop=None, augment=False, prior=True, **common))[0]
+    whole = mertens_reference([full["under"].permute(1, 2, 0).numpy(), full["over"].permute(1, 2, 0).numpy()])
+    assert np.abs(full["prior"].permute(1, 2, 0).numpy() - whole).max() <= 0.5 / 255 + 1e-6  # uint8 cache
+    crop = build_dataset(DataConfig(crop=32, prior=True, **common))[0]
+    assert crop["prior"].shape == crop["under"].shape == (3, 32, 32)
+    # the crop's prior is a crop of the whole-frame prior (after the same flip/rotation), not the
+    # fusion of the crop: find it in the 8 dihedral transforms of the whole prior
+    p = crop["prior"].numpy()
+    cands = []
+    for k in range(4):
+        for flip in (False, True):
+            a = full["prior"].numpy()[:, :, ::-1] if flip else full["prior"].numpy()
+            cands.append(np.rot90(a, k, axes=(1, 2)))
+    found = False
+    for a in cands:
+        for y in range(a.shape[1] - 31):
+            for x in range(a.shape[2] - 31):
+                if np.array_equal(a[:, y : y + 32, x : x + 32], p):
+                    found = True
+                    break
+            if found:
+                break
+    assert found
+    with pytest.raises(ConfigError, match="misalign"):
+        DataConfig(crop=32, prior=True, misalign=True, **common)
+
+
+def test_trainer_feeds_the_prior_and_refuses_misalignment(tmp_path: Path) -> None:
+    root = tmp_path / "brackets"
+    for i in range(2):
+        write_demo_bracket(root / f"s{i}", [-2, 0, 2], size=(72, 96), seed=i)
+    src = f"[{{root: '{root}', kind: brackets}}]"
+    base = [f"data.sources={src}", f"val.sources={src}", "data.split=all", "val.split=all", "model.prior=mertens",
+            f"data.cache_dir='{tmp_path / 'c'}'", f"val.cache_dir='{tmp_path / 'c'}'"]
+    cfg = load_config(TrainConfig, ROOT / "configs" / "train" / "tiny.yaml", [*base, "steps=3", "val_every=3"])
+    assert cfg.data.prior and cfg.val is not None and cfg.val.prior
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    result = trainer.run()
+    assert result.step == 3
+    assert load_model(result.model_path).config.prior == "mertens"
+    with pytest.raises(ConfigError, match="misaligned"):
+        load_config(TrainConfig, ROOT / "configs" / "train" / "tiny.yaml", [*base, "data.misalign=true"])
