@@ -251,7 +251,10 @@ class FusionNet(nn.Module):
     # ---------------------------------------------------------------- forward
     @property
     def multiple(self) -> int:
-        """H and W are padded to a multiple of this (pooling in SRSM, pyramid in DASM)."""
+        """H and W are padded to a multiple of this (pooling in SRSM, pyramid in DASM, the 1/8
+        grid of the prior blend — tiles then share the whole image's pooling grid)."""
+        if self.blend is not None:
+            return 8
         if self.dasm is not None:
             return 4
         return 2 if self.config.cascades > 0 else 1

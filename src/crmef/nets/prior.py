@@ -47,7 +47,8 @@ class PriorBlend(nn.Module):
     """Per-pixel move of ``y`` towards the prior ``p``, decided at 1/8 resolution.
 
     Input of the CNN: ``[y, p, under, over]`` average-pooled by 8 (12 channels); four 3×3
-    convolutions (dilations 1, 2, 4, 1; LeakyReLU) give 3 logits, upsampled bilinearly to the
+    convolutions (dilations 1, 2, 4, 1; LeakyReLU; replicated borders — zero padding made the
+    weight fall near the image border, a visible frame in the output) give 3 logits, upsampled bilinearly to the
     input size; ``w = σ(logits)``. The last convolution starts at zero weight and bias ``init_bias``
     (``w ≈ 0.05``: a fine-tuned network starts almost where it was).
 
@@ -60,9 +61,9 @@ class PriorBlend(nn.Module):
         layers: list[nn.Module] = []
         c_in = 12
         for d in (1, 2, 4):
-            layers += [nn.Conv2d(c_in, width, 3, padding=d, dilation=d), nn.LeakyReLU(0.2)]
+            layers += [nn.Conv2d(c_in, width, 3, padding=d, dilation=d, padding_mode="replicate"), nn.LeakyReLU(0.2)]
             c_in = width
-        last = nn.Conv2d(width, 3, 3, padding=1)
+        last = nn.Conv2d(width, 3, 3, padding=1, padding_mode="replicate")
         nn.init.zeros_(last.weight)
         nn.init.constant_(last.bias, init_bias)
         self.net = nn.Sequential(*layers, last)
