@@ -18,7 +18,7 @@ from crmef.errors import ConfigError
 from crmef.inference import receptive_field, run_fast, run_full
 from crmef.models import load_model, save_model
 from crmef.nets import FusionNet, NetConfig
-from crmef.nets.prior import PriorBlend, mertens_prior
+from crmef.nets.prior import PriorBlend, mertens_prior, prior_array
 from crmef.space import get_preset
 from crmef.train import Trainer, TrainConfig
 
@@ -100,6 +100,8 @@ def test_prior_errors_are_clear() -> None:
         _net()(u, o, u[..., :8])
     with pytest.raises(ValueError, match="prior must be one of"):
         NetConfig(prior="reinhard")
+    with pytest.raises(ValueError, match="unknown prior"):
+        prior_array("reinhard", u[0].permute(1, 2, 0).numpy(), o[0].permute(1, 2, 0).numpy())
 
 
 def test_card_round_trip(tmp_path: Path) -> None:
@@ -149,10 +151,10 @@ def test_dataset_prior_is_the_whole_frame_fusion_cropped(tmp_path: Path) -> None
     root = tmp_path / "brackets"
     write_demo_bracket(root / "s0", [-2, 0, 2], size=(72, 96), seed=0)
     common = {"sources": [SourceSpec(str(root))], "cache_dir": str(tmp_path / "cache"), "split": "all"}
-    full = build_dataset(DataConfig(crop=None, augment=False, prior=True, **common))[0]
+    full = build_dataset(DataConfig(crop=None, augment=False, prior="mertens", **common))[0]
     whole = mertens_reference([full["under"].permute(1, 2, 0).numpy(), full["over"].permute(1, 2, 0).numpy()])
     assert np.abs(full["prior"].permute(1, 2, 0).numpy() - whole).max() <= 0.5 / 255 + 1e-6  # uint8 cache
-    crop = build_dataset(DataConfig(crop=32, prior=True, **common))[0]
+    crop = build_dataset(DataConfig(crop=32, prior="mertens", **common))[0]
     assert crop["prior"].shape == crop["under"].shape == (3, 32, 32)
     # the crop's prior is a crop of the whole-frame prior (after the same flip/rotation), not the
     # fusion of the crop: find it in the 8 dihedral transforms of the whole prior
@@ -173,7 +175,13 @@ def test_dataset_prior_is_the_whole_frame_fusion_cropped(tmp_path: Path) -> None
                 break
     assert found
     with pytest.raises(ConfigError, match="misalign"):
-        DataConfig(crop=32, prior=True, misalign=True, **common)
+        DataConfig(crop=32, prior="mertens", misalign=True, **common)
+    with pytest.raises(ConfigError, match="data.prior must be one of"):
+        DataConfig(crop=32, prior="reinhard", **common)
+    # flow_mertens with misalignment: the prior of the final (misaligned) crop
+    mis = build_dataset(DataConfig(crop=32, prior="flow_mertens", misalign=True, augment=False, **common))[0]
+    want = prior_array("flow_mertens", mis["under"].permute(1, 2, 0).numpy(), mis["over"].permute(1, 2, 0).numpy())
+    np.testing.assert_allclose(mis["prior"].permute(1, 2, 0).numpy(), want, atol=1e-6)
 
 
 def test_trainer_feeds_the_prior_and_refuses_misalignment(tmp_path: Path) -> None:
@@ -184,10 +192,19 @@ def test_trainer_feeds_the_prior_and_refuses_misalignment(tmp_path: Path) -> Non
     base = [f"data.sources={src}", f"val.sources={src}", "data.split=all", "val.split=all", "model.prior=mertens",
             f"data.cache_dir='{tmp_path / 'c'}'", f"val.cache_dir='{tmp_path / 'c'}'"]
     cfg = load_config(TrainConfig, ROOT / "configs" / "train" / "tiny.yaml", [*base, "steps=3", "val_every=3"])
-    assert cfg.data.prior and cfg.val is not None and cfg.val.prior
+    assert cfg.data.prior == "mertens" and cfg.val is not None and cfg.val.prior == "mertens"
     trainer = Trainer(cfg, tmp_path / "run", progress=False)
     result = trainer.run()
     assert result.step == 3
     assert load_model(result.model_path).config.prior == "mertens"
     with pytest.raises(ConfigError, match="misaligned"):
         load_config(TrainConfig, ROOT / "configs" / "train" / "tiny.yaml", [*base, "data.misalign=true"])
+    # hand-held training: the optical-flow prior of each misaligned crop
+    flow = [*base[:-3], "model.prior=flow_mertens", "model.genotype=aligned", "data.misalign=true",
+            "val.misalign=true", f"data.cache_dir='{tmp_path / 'c'}'", f"val.cache_dir='{tmp_path / 'c'}'", "steps=2",
+            "val_every=2"]
+    cfg = load_config(TrainConfig, ROOT / "configs" / "train" / "tiny.yaml", flow)
+    assert cfg.data.prior == "flow_mertens"
+    result = Trainer(cfg, tmp_path / "run_flow", progress=False).run()
+    net = load_model(result.model_path)
+    assert net.config.prior == "flow_mertens" and net.dasm is not None

@@ -10,8 +10,8 @@ has a neighbour. The margin is the measured receptive-field radius of the networ
 (:func:`receptive_field`, the extent of the non-zero input gradient of one output pixel) plus
 half a feathering band: every output pixel inside ``core ± feather/2`` only sees input that the
 tile contains, so it equals the untiled result up to float rounding, and neighbouring tiles are
-blended there with linear weights that sum to one (feathered blending). A network with the
-Mertens prior (``NetConfig.prior``) gets the prior of the whole image, computed once, and each
+blended there with linear weights that sum to one (feathered blending). A network with a
+prior (``NetConfig.prior``: Mertens fusion) gets the prior of the whole image, computed once, and each
 tile its crop (the prior is a global operator: a per-tile prior would show seams).
 
 **Fast mode** uses the fact that the network's maps are multiplicative and smooth. For the
@@ -47,10 +47,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from crmef.data.reference import mertens_reference
 from crmef.errors import InputError
 from crmef.nets.fusion import FusionNet
-from crmef.nets.prior import mertens_prior
+from crmef.nets.prior import prior_array, prior_image
 from crmef.utils import resolve_device
 
 MODES = ("auto", "fast", "full")
@@ -195,7 +194,7 @@ def receptive_field(net: FusionNet, device: torch.device | str = "cpu") -> int:
         with torch.no_grad():
             # Nets with a Mertens prior get it whole-image and cropped per tile (run_full): it is
             # held fixed here, so the radius is that of the network and its blend.
-            p0 = mertens_prior(u, o) if net.blend is not None else None
+            p0 = prior_image(net.config.prior, u, o) if net.blend is not None else None
 
         def raw(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
             fa, base = net.fuse_features(a, b)
@@ -282,9 +281,9 @@ def run_full(
     h, w = under.shape[:2]
     if tile is None and h * w * bytes_per_pixel(net) <= max_memory:
         return _to_numpy(net(_to_tensor(under, device), _to_tensor(over, device)))
-    # A Mertens-prior net needs the prior of the whole image (a global operator): computed once,
+    # A net with a prior (Mertens fusion) needs the prior of the whole image (a global operator): computed once,
     # each tile gets its crop.
-    prior = mertens_reference([under, over]) if net.blend is not None else None
+    prior = prior_array(net.config.prior, under, over) if net.blend is not None else None
     m = net.multiple
     rf = receptive_field(net, device)
     margin = int(math.ceil((rf + feather / 2 + 8) / m) * m)  # +8: safety over the measured radius

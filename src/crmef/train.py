@@ -56,6 +56,7 @@ from crmef.errors import ConfigError, CrmefError, InputError
 from crmef.losses import FusionLoss, LossConfig, critic_loss
 from crmef.nets.critic import CriticConfig, PatchCritic
 from crmef.nets.fusion import FusionNet
+from crmef.nets.prior import PRIORS
 from crmef.space import Genotype, get_preset
 from crmef.utils import atomic_path, atomic_write_text, resolve_device
 
@@ -90,7 +91,8 @@ class ModelSpec:
         cascades: SRSM stages per exposure.
         head: ``"retinex"``, ``"direct"`` or None (the genotype's default).
         illum_smooth: box radius of the Retinex illumination map (0: the paper's per-pixel map).
-        prior: ``"none"`` (the paper) or ``"mertens"`` (learned blend with an in-graph Mertens fusion).
+        prior: ``"none"`` (the paper), ``"mertens"`` or ``"flow_mertens"`` (learned blend with that
+            classical fusion of the inputs; :mod:`crmef.nets.prior`).
         init_from: optional ``.safetensors`` model (or checkpoint ``model.safetensors``) whose
             tensors of matching name and shape initialise the network (fine-tuning).
     """
@@ -189,16 +191,16 @@ class TrainConfig:
                               f"down-sampling layers needs crops of at least {min_crop} pixels")
         if not 0 < self.optim.lr_min <= self.optim.lr:
             raise ConfigError(f"optim.lr_min must be in (0, optim.lr], got {self.optim.lr_min} and {self.optim.lr}")
-        if self.model.prior not in ("none", "mertens"):
-            raise ConfigError(f"model.prior must be 'none' or 'mertens', got {self.model.prior!r}")
-        # A net with the Mertens prior takes it as an input: the data pipeline supplies it.
+        if self.model.prior not in PRIORS:
+            raise ConfigError(f"model.prior must be one of {', '.join(PRIORS)}, got {self.model.prior!r}")
+        # A net with a prior takes it as an input: the data pipeline supplies it.
         for name, data in (("data", self.data), ("val", self.val)):
             if data is None:
                 continue
-            data.prior = self.model.prior == "mertens"
-            if data.prior and data.misalign:
+            if self.model.prior == "mertens" and data.misalign:
                 raise ConfigError(f"model.prior='mertens' cannot be trained on misaligned pairs ({name}.misalign): "
-                                  "the Mertens fusion of misaligned frames is ghosted")
+                                  "the Mertens fusion of misaligned frames is ghosted; use flow_mertens")
+            data.prior = self.model.prior
 
 
 @dataclass

@@ -12,9 +12,11 @@ Public API:
   ``split_file``, ``prior``.
 - :func:`build_dataset` — a ``torch.utils.data.Dataset`` yielding
   ``{"under": Tensor[3, H, W], "over": Tensor[3, H, W], "ref": Tensor[3, H, W], "name": str}``,
-  float32 RGB in [0, 1]; with ``prior=True`` also ``"prior"``: the Mertens fusion of the whole
-  (under, over) frames, cropped and augmented with them (synthesised pairs: of the synthesised
-  crop), the input of networks with ``NetConfig.prior = "mertens"``.
+  float32 RGB in [0, 1]; with ``prior`` (``"mertens"`` or ``"flow_mertens"``,
+  :func:`crmef.nets.prior.prior_array`) also ``"prior"``, the input of networks with that
+  ``NetConfig.prior``: for file pairs without misalignment the fusion of the whole frames
+  (cached), cropped and augmented with them; for synthesised or synthetically misaligned pairs
+  the fusion of the final crop (the misalignment is made per crop).
 - :func:`build_loader` — a ``DataLoader`` (``DistributedSampler`` when ``distributed=True``;
   weighted sampling when sources have different weights).
 
@@ -47,11 +49,12 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSamp
 from crmef.data import layouts
 from crmef.data.layouts import PairItem, detect_layout
 from crmef.data.misalign import MisalignConfig, max_border, misalign_triple
-from crmef.data.reference import ArrayCache, default_cache_dir, mertens_reference
+from crmef.data.reference import ArrayCache, default_cache_dir
 from crmef.data.splitting import hash_split, load_split, lookup_split
 from crmef.data.synth import SynthConfig, load_radiance, random_crop_radiance, synthesize
 from crmef.data.transforms import augment, crop, random_crop_box, to_tensor
 from crmef.errors import ConfigError, CrmefError
+from crmef.nets.prior import PRIORS, prior_array
 
 KINDS = ("auto", "brackets", "sice", "paired", "hdr_synth")
 SPLIT_CHOICES = ("train", "val", "test", "all")
@@ -91,7 +94,7 @@ class DataConfig:
     resize: bool = False
     clip_fraction: float = 0.95
     split_file: str | None = None
-    prior: bool = False
+    prior: str = "none"
 
     def __post_init__(self) -> None:
         self.sources = [s if isinstance(s, SourceSpec) else SourceSpec(**s) for s in self.sources]
@@ -105,9 +108,11 @@ class DataConfig:
             raise ConfigError(f"data.crop must be >= 8 or None, got {self.crop}")
         if self.samples_per_epoch is not None and self.samples_per_epoch < 1:
             raise ConfigError(f"data.samples_per_epoch must be >= 1, got {self.samples_per_epoch}")
-        if self.prior and self.misalign:
-            raise ConfigError("data.prior (Mertens prior input) cannot be combined with data.misalign: "
-                              "the fusion of misaligned frames is ghosted")
+        if self.prior not in PRIORS:
+            raise ConfigError(f"data.prior must be one of {', '.join(PRIORS)}, got {self.prior!r}")
+        if self.prior == "mertens" and self.misalign:
+            raise ConfigError("data.prior='mertens' cannot be combined with data.misalign: the Mertens "
+                              "fusion of misaligned frames is ghosted (use flow_mertens)")
 
     @property
     def misalign_config(self) -> MisalignConfig | None:
@@ -147,10 +152,13 @@ class _EpochMixin:
         cfg: DataConfig = self.cfg  # type: ignore[attr-defined]
         mis = cfg.misalign_config
         if mis is not None:
-            f = [a.astype(np.float32) / np.float32(255.0) if a.dtype == np.uint8 else a for a in arrays]
+            f = [a.astype(np.float32) / np.float32(255.0) if a.dtype == np.uint8 else a for a in arrays[:3]]
             size = (cfg.crop, cfg.crop) if cfg.crop is not None else None
             u, o, r, _ = misalign_triple(f[0], f[1], f[2], rng, mis, out_size=size)
             arrays = [u, o, r]
+        if cfg.prior != "none" and len(arrays) == 3:  # no whole-frame prior: the crop's own
+            f = [a.astype(np.float32) / np.float32(255.0) if a.dtype == np.uint8 else a for a in arrays[:2]]
+            arrays = [*arrays, prior_array(cfg.prior, f[0], f[1])]
         if cfg.augment and cfg.crop is not None:
             arrays = augment(arrays, rng)
         u, o, r = (to_tensor(a) for a in arrays[:3])
@@ -182,7 +190,7 @@ class PairDataset(_EpochMixin, Dataset):
 
     def arrays(self, item: PairItem) -> list[np.ndarray]:
         """The uint8 (H, W, 3) under, over and reference of an item (memory-mapped), and the
-        whole-frame Mertens prior when ``cfg.prior``."""
+        whole-frame prior when ``cfg.prior`` is set and the pairs are not misaligned."""
         under = self.cache.frame(item.under, item.size)
         over = self.cache.frame(item.over, item.size)
         if item.ref is not None:
@@ -190,8 +198,8 @@ class PairDataset(_EpochMixin, Dataset):
         else:
             assert item.source_scene is not None
             ref = self.cache.reference(item.source_scene)
-        if self.cfg.prior:
-            return [under, over, ref, self.cache.pair_prior(item.under, item.over, item.size)]
+        if self.cfg.prior != "none" and not self.cfg.misalign:
+            return [under, over, ref, self.cache.pair_prior(item.under, item.over, item.size, self.cfg.prior)]
         return [under, over, ref]
 
     def prepare(self, progress: bool = False) -> None:
@@ -258,10 +266,7 @@ class SynthDataset(_EpochMixin, Dataset):
         path = self.maps[int(rng.integers(len(self.maps)))]
         size = None if self.cfg.crop is None else self.cfg.crop + 2 * self.pad
         sample = synthesize(random_crop_radiance(self.radiance(path), size, rng), rng, self.cfg.synth)
-        arrays = [sample.under, sample.over, sample.ref]
-        if self.cfg.prior:
-            arrays.append(mertens_reference([sample.under, sample.over]))
-        return self._finish(arrays, rng, f"{path.stem}#{index}")
+        return self._finish([sample.under, sample.over, sample.ref], rng, f"{path.stem}#{index}")
 
 
 class MixedDataset(ConcatDataset):

@@ -125,14 +125,17 @@ class ArrayCache:
         """A frame decoded to uint8 (H, W, 3) RGB at ``size=(w, h)``."""
         return self.get("decoded", [*_file_id(path), list(size)], lambda: load_rgb8(path, size))
 
-    def pair_prior(self, under: Path, over: Path, size: tuple[int, int]) -> np.ndarray:
-        """Mertens fusion of one (under, over) pair of whole frames, uint8 (H, W, 3) RGB: the
-        prior input of networks with ``prior="mertens"`` (:mod:`crmef.nets.prior`)."""
-        key = [REFERENCE_METHOD, "pair", _file_id(under), _file_id(over), list(size)]
+    def pair_prior(self, under: Path, over: Path, size: tuple[int, int], kind: str = "mertens") -> np.ndarray:
+        """The prior of one (under, over) pair of whole frames (:func:`crmef.nets.prior.prior_array`,
+        e.g. their Mertens fusion), uint8 (H, W, 3) RGB: the prior input of networks with
+        ``NetConfig.prior = kind``."""
+        from crmef.nets.prior import prior_array
+
+        key = [REFERENCE_METHOD, "pair", kind, _file_id(under), _file_id(over), list(size)]
 
         def build() -> np.ndarray:
             frames = [self.frame(p, size).astype(np.float32) / 255.0 for p in (under, over)]
-            return np.round(mertens_reference(frames) * 255.0)
+            return np.round(prior_array(kind, frames[0], frames[1]) * 255.0)
 
         return self.get("priors", key, build)
 

@@ -16,8 +16,9 @@ Data flow for an under-exposed ``I_U`` and an over-exposed ``I_O`` (RGB in [0, 1
    - ``direct``: ``y = σ(z)`` (the public code's aligned model).
 
    ``y`` is clipped to [0, 1] with a straight-through gradient, so saturated pixels still learn.
-4. Optionally (``prior = "mertens"``, not in the paper): ``y ← y + w ⊙ (P − y)`` where ``P`` is the
-   Mertens exposure fusion of the two whole input images (:func:`~crmef.nets.prior.mertens_prior`,
+4. Optionally (``prior = "mertens"`` or ``"flow_mertens"``, not in the paper):
+   ``y ← y + w ⊙ (P − y)`` where ``P`` is the Mertens exposure fusion of the two whole input
+   images, after optical-flow alignment for ``flow_mertens`` (:func:`~crmef.nets.prior.prior_image`,
    an input of the network, computed from ``under`` and ``over`` when not given) and ``w ∈ (0, 1)`` comes from a small CNN at 1/8 resolution
    (:class:`~crmef.nets.prior.PriorBlend`): the network learns where the classical fusion is the
    better estimate and where its own output is.
@@ -37,12 +38,11 @@ from torch import Tensor, nn
 
 from crmef.nets.dasm import DASM
 from crmef.nets.drm import DRM
-from crmef.nets.prior import PriorBlend, mertens_prior
+from crmef.nets.prior import PRIORS, PriorBlend, prior_image
 from crmef.nets.srsm import SRSM
 from crmef.space import DASM_SLOTS, SRSM_SLOTS, Choice, Genotype, SearchSpace
 
 HEADS = ("retinex", "direct")
-PRIORS = ("none", "mertens")
 
 
 @dataclass
@@ -58,8 +58,8 @@ class NetConfig:
         eps: floor of the Retinex illumination map.
         illum_smooth: box-filter radius applied to the Retinex illumination map (0: the paper's
             per-pixel map; see the module docstring).
-        prior: ``"none"`` (the paper) or ``"mertens"``: blend the output with the Mertens
-            fusion of the inputs (module docstring, step 4).
+        prior: ``"none"`` (the paper), ``"mertens"`` or ``"flow_mertens"``: blend the output
+            with that classical fusion of the inputs (module docstring, step 4).
         space: candidate ops per slot kind (super-net only).
     """
 
@@ -180,7 +180,7 @@ class FusionNet(nn.Module):
         drm_in = c if self.dasm is not None else 3
         self.drm = DRM(drm_in, 2 * c, drm_ops)
         self.to_rgb = nn.Conv2d(c, 3, 3, padding=1) if (self.dasm is not None and config.head == "retinex") else None
-        self.blend = PriorBlend() if config.prior == "mertens" else None
+        self.blend = PriorBlend() if config.prior != "none" else None
 
     # ---------------------------------------------------------------- construction helpers
     @classmethod
@@ -294,7 +294,7 @@ class FusionNet(nn.Module):
         return base / self.illumination(z)
 
     def forward(self, under: Tensor, over: Tensor, prior: Tensor | None = None) -> Tensor:
-        """Fuse a pair. For nets with ``prior="mertens"``, ``prior`` is the Mertens fusion of the
+        """Fuse a pair. For nets with a prior (``NetConfig.prior``), ``prior`` is that fusion of the
         *whole* images (same shape as the inputs; tiled inference and the trainer pass crops of
         it); when None it is computed from ``under`` and ``over`` as given. Must be None for
         other nets."""
@@ -302,7 +302,7 @@ class FusionNet(nn.Module):
         if prior is not None and (self.blend is None or prior.shape != under.shape):
             raise ValueError("prior given to a network without one, or of a different shape than the inputs")
         if self.blend is not None and prior is None:
-            prior = mertens_prior(under, over)
+            prior = prior_image(self.config.prior, under, over)
         squeeze = under.dim() == 3
         if squeeze:
             under, over = under.unsqueeze(0), over.unsqueeze(0)

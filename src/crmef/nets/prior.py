@@ -1,7 +1,9 @@
 """Exposure-fusion prior for the fusion network (not in the paper; ``NetConfig.prior``).
 
-- :func:`mertens_prior` — Mertens, Kautz and Van Reeth's exposure fusion (OpenCV, full pyramid
-  depth) of the pair, computed on the whole image. A fixed-depth, local torch version was tried
+- :func:`prior_image` / :func:`prior_array` — ``"mertens"``: Mertens, Kautz and Van Reeth's
+  exposure fusion (OpenCV, full pyramid depth) of the pair, computed on the whole image;
+  ``"flow_mertens"``: the same after warping the under frame onto the over frame with optical
+  flow (hand-held brackets). A fixed-depth, local torch version was tried
   first and rejected: Mertens's result depends strongly on the pyramid depth (on a 536×356
   bracket, 7 instead of 8 levels moves it by 21 dB PSNR), so only the full-depth, whole-image
   fusion is a faithful prior; it therefore enters the network as an input.
@@ -16,14 +18,38 @@ extreme frames is sometimes the better estimate (few-frame brackets) and sometim
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def mertens_prior(under: Tensor, over: Tensor) -> Tensor:
-    """The Mertens prior of a batch of pairs: OpenCV's exposure fusion of each (under, over),
-    the very method of :func:`crmef.data.reference.mertens_reference`, computed on the CPU.
+PRIORS = ("none", "mertens", "flow_mertens")
+"""Prior kinds of :attr:`crmef.nets.NetConfig.prior`."""
+
+
+def prior_array(kind: str, under: np.ndarray, over: np.ndarray) -> np.ndarray:
+    """The prior of one pair of whole images, numpy: ``(H,W,3) x2 -> (H,W,3)`` float32 in [0, 1].
+
+    ``"mertens"``: OpenCV's Mertens fusion (:func:`crmef.data.reference.mertens_reference`, the
+    method of the full-bracket references); ``"flow_mertens"``: the under frame warped onto the
+    over frame by DIS optical flow, then Mertens (:func:`crmef.baselines.flow_mertens`; for
+    hand-held brackets, whose references are registered to the over frame).
+    """
+    # data/baselines layers, imported lazily (they import crmef.nets indirectly)
+    if kind == "mertens":
+        from crmef.data.reference import mertens_reference
+
+        return mertens_reference([under, over])
+    if kind == "flow_mertens":
+        from crmef.baselines import flow_mertens
+
+        return np.clip(flow_mertens(under, over), 0.0, 1.0).astype(np.float32)
+    raise ValueError(f"unknown prior {kind!r}; use one of {PRIORS[1:]}")
+
+
+def prior_image(kind: str, under: Tensor, over: Tensor) -> Tensor:
+    """The prior of a batch of pairs (:func:`prior_array` per item, computed on the CPU).
 
     It is an input of the network, not a differentiable part of it: computed on the whole image
     (the trainer's data pipeline crops it from the whole image too), it is the same whether the
@@ -31,16 +57,19 @@ def mertens_prior(under: Tensor, over: Tensor) -> Tensor:
 
     Shapes: ``(B,3,H,W) x2 -> (B,3,H,W)`` (or ``(3,H,W)`` x2), on the inputs' device and dtype.
     """
-    from crmef.data.reference import mertens_reference  # data layer; imported lazily (no cycle)
-
     squeeze = under.dim() == 3
     u = under.unsqueeze(0) if squeeze else under
     o = over.unsqueeze(0) if squeeze else over
     un = u.detach().float().cpu().permute(0, 2, 3, 1).numpy()
     on = o.detach().float().cpu().permute(0, 2, 3, 1).numpy()
-    out = torch.stack([torch.from_numpy(mertens_reference([a, b])).permute(2, 0, 1) for a, b in zip(un, on)])
+    out = torch.stack([torch.from_numpy(prior_array(kind, a, b)).permute(2, 0, 1) for a, b in zip(un, on)])
     out = out.to(device=under.device, dtype=under.dtype)
     return out.squeeze(0) if squeeze else out
+
+
+def mertens_prior(under: Tensor, over: Tensor) -> Tensor:
+    """:func:`prior_image` of kind ``"mertens"``."""
+    return prior_image("mertens", under, over)
 
 
 class PriorBlend(nn.Module):
