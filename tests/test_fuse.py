@@ -133,5 +133,7 @@ def test_bad_frames(net):
     assert y.shape == (20, 30, 3)
     with pytest.raises(InputError, match="shape"):
         fuse([a, a[..., 0]], model=net, device="cpu")
+    with pytest.raises(InputError, match="1x1 pixels; at least 2x2"):
+        fuse([a[:1, :1], a[:1, :1]], model=net, device="cpu")
     with pytest.raises(InputError, match="mode"):
         FuseConfig(mode="quick")

@@ -129,8 +129,10 @@ def check_frames(frames: Sequence[np.ndarray], names: Sequence[str] | None = Non
     h0 = w0 = 0
     for i, (img, name) in enumerate(zip(frames, names)):
         img = np.asarray(img)
-        if img.ndim != 3 or img.shape[2] != 3 or img.shape[0] < 2 or img.shape[1] < 2:
+        if img.ndim != 3 or img.shape[2] != 3:
             raise InputError(f"{name}: expected an RGB image of shape (H, W, 3), got {tuple(img.shape)}")
+        if img.shape[0] < 2 or img.shape[1] < 2:
+            raise InputError(f"{name}: image is {img.shape[1]}x{img.shape[0]} pixels; at least 2x2 is needed")
         if img.dtype == np.uint8:
             img = img.astype(np.float32) / 255.0
         elif img.dtype == np.uint16:
