@@ -11,8 +11,9 @@ has a neighbour. The margin is the measured receptive-field radius of the networ
 half a feathering band: every output pixel inside ``core ± feather/2`` only sees input that the
 tile contains, so it equals the untiled result up to float rounding, and neighbouring tiles are
 blended there with linear weights that sum to one (feathered blending). A network with a
-prior (``NetConfig.prior``: Mertens fusion) gets the prior of the whole image, computed once, and each
-tile its crop (the prior is a global operator: a per-tile prior would show seams).
+prior (``NetConfig.prior``: Mertens fusion) runs its network without the blend on the tiles and
+the blend once on the whole image, with the whole image's prior (a global operator: a per-tile
+prior would show seams); the blend's wide 1/8-resolution context then costs no tile overlap.
 
 **Fast mode** uses the fact that the network's maps are multiplicative and smooth. For the
 Retinex head without alignment (the general model)::
@@ -49,7 +50,7 @@ import torch.nn.functional as F
 
 from crmef.errors import InputError
 from crmef.nets.fusion import FusionNet
-from crmef.nets.prior import prior_array, prior_image
+from crmef.nets.prior import prior_array
 from crmef.utils import resolve_device
 
 MODES = ("auto", "fast", "full")
@@ -175,8 +176,8 @@ def usable_pair(frames: Sequence[np.ndarray], clip_fraction: float = 0.95) -> tu
 
 # --------------------------------------------------------------------------- receptive field
 def receptive_field(net: FusionNet, device: torch.device | str = "cpu") -> int:
-    """Measured receptive-field radius (pixels) of ``net``: how far an input pixel can affect an
-    output pixel.
+    """Measured receptive-field radius (pixels) of ``net`` without its prior blend (run_full
+    applies a blend once to the whole image): how far an input pixel can affect an output pixel.
 
     One input pixel (at two parities, in both frames) is changed and the extent of the change of
     the unclipped output is measured, on an input grown until that extent stops short of its
@@ -193,15 +194,9 @@ def receptive_field(net: FusionNet, device: torch.device | str = "cpu") -> int:
         u = (0.2 + 0.3 * torch.rand(1, 3, size, size, generator=gen)).to(device)
         o = (0.5 + 0.3 * torch.rand(1, 3, size, size, generator=gen)).to(device)
 
-        with torch.no_grad():
-            # Nets with a Mertens prior get it whole-image and cropped per tile (run_full): it is
-            # held fixed here, so the radius is that of the network and its blend.
-            p0 = prior_image(net.config.prior, u, o) if net.blend is not None else None
-
         def raw(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
             fa, base = net.fuse_features(a, b)
-            y = net.head(net.drm(fa), base)
-            return net.blend(y, p0, a, b) if net.blend is not None else y
+            return net.head(net.drm(fa), base)
 
         with torch.no_grad():
             ref = raw(u, o)
@@ -278,14 +273,47 @@ def run_full(
     Tiling happens when ``tile`` is given or the estimated working memory
     (``H·W·bytes_per_pixel``) exceeds ``max_memory``. Overlap margin = measured receptive field
     + ``feather/2`` + 8, rounded up to the net's multiple, so tiles equal untiled inference.
+    A net with a prior runs in two passes: its network without the blend on tiles of the inputs
+    padded to its multiple (as its forward pads them), then the blend once on the whole image
+    with the whole image's prior (a global operator) — the blend's 1/8-resolution context never
+    widens the tile overlap.
     """
     device = torch.device(device)
     h, w = under.shape[:2]
     if tile is None and h * w * bytes_per_pixel(net) <= max_memory:
         return _to_numpy(net(_to_tensor(under, device), _to_tensor(over, device)))
-    # A net with a prior (Mertens fusion) needs the prior of the whole image (a global operator): computed once,
-    # each tile gets its crop.
-    prior = prior_array(net.config.prior, under, over) if net.blend is not None else None
+    if net.blend is None:
+        return _tiled(net, under, over, tile, max_memory, feather, device, progress)
+    m = net.multiple
+    ph, pw = (-h) % m, (-w) % m
+    mode = "reflect" if (h > ph and w > pw) else "edge"  # as FusionNet.forward pads
+
+    def pad(a: np.ndarray) -> np.ndarray:
+        return np.pad(a, ((0, ph), (0, pw), (0, 0)), mode=mode) if (ph or pw) else a
+
+    prior = pad(prior_array(net.config.prior, under, over))
+    under_p, over_p = pad(np.asarray(under, dtype=np.float32)), pad(np.asarray(over, dtype=np.float32))
+    y = _tiled(net, under_p, over_p, tile, max_memory, feather, device, progress, raw=True)
+    with torch.no_grad():
+        yt, pt = _to_tensor(y, device), _to_tensor(prior, device)
+        out = net.blend(yt, pt, _to_tensor(under_p, device), _to_tensor(over_p, device))
+    return _to_numpy(out)[:h, :w]
+
+
+def _tiled(
+    net: FusionNet,
+    under: np.ndarray,
+    over: np.ndarray,
+    tile: int | None,
+    max_memory: int,
+    feather: int,
+    device: torch.device,
+    progress: Callable[[int, int], None] | None,
+    raw: bool = False,
+) -> np.ndarray:
+    """The tile loop of :func:`run_full`: ``net`` (or ``net.fuse_raw`` when ``raw``; then H and W
+    are multiples of ``net.multiple``) on overlapping tiles, feather-blended. (H, W, 3) x2 -> (H, W, 3)."""
+    h, w = under.shape[:2]
     m = net.multiple
     rf = receptive_field(net, device)
     margin = int(math.ceil((rf + feather / 2 + 8) / m) * m)  # +8: safety over the measured radius
@@ -300,8 +328,7 @@ def run_full(
         for x0, x1, _, _, wx in xs:
             u = _to_tensor(under[y0:y1, x0:x1], device)
             o = _to_tensor(over[y0:y1, x0:x1], device)
-            p = _to_tensor(prior[y0:y1, x0:x1], device) if prior is not None else None
-            res = _to_numpy(net(u, o, p))
+            res = _to_numpy(net.fuse_raw(u, o) if raw else net(u, o))
             wt = (wy[:, None] * wx[None, :])[..., None]
             out[y0:y1, x0:x1] += res * wt
             acc[y0:y1, x0:x1] += wt

@@ -315,10 +315,16 @@ class FusionNet(nn.Module):
             under = F.pad(under, (0, pw, 0, ph), mode=mode)
             over = F.pad(over, (0, pw, 0, ph), mode=mode)
             prior = F.pad(prior, (0, pw, 0, ph), mode=mode) if prior is not None else None
-        fa, base = self.fuse_features(under, over)
-        y = clip_st(self.head(self.drm(fa), base))
+        y = self.fuse_raw(under, over)
         if self.blend is not None:
             assert prior is not None
             y = self.blend(y, prior, under, over)
         y = y[..., :h, :w]
         return y.squeeze(0) if squeeze else y
+
+    def fuse_raw(self, under: Tensor, over: Tensor) -> Tensor:
+        """The network without its prior blend, on inputs already padded to :attr:`multiple`:
+        ``(B,3,H,W) x2 -> (B,3,H,W)`` in [0, 1] (tiled inference runs this per tile and applies the
+        blend once to the whole image)."""
+        fa, base = self.fuse_features(under, over)
+        return clip_st(self.head(self.drm(fa), base))

@@ -99,10 +99,11 @@ class PriorBlend(nn.Module):
 
     def weight_map(self, y: Tensor, p: Tensor, under: Tensor, over: Tensor) -> Tensor:
         """Blend weights ``w``: (B,3,H,W) x4 -> (B,3,H,W) in (0, 1)."""
-        x = torch.cat([y, p, under, over], 1)
-        # ceil_mode: a partial last window averages its valid pixels; no padding, so the ONNX graph
-        # stays size-generic (upsampled to the input's own size)
-        logits = self.net(F.avg_pool2d(x, 8, ceil_mode=True))
+        # pooled one input at a time (pooling is per channel: the same as pooling the 12-channel
+        # stack, without holding it at full resolution). ceil_mode: a partial last window averages
+        # its valid pixels; no padding, so the ONNX graph stays size-generic.
+        pooled = torch.cat([F.avg_pool2d(t, 8, ceil_mode=True) for t in (y, p, under, over)], 1)
+        logits = self.net(pooled)
         return torch.sigmoid(F.interpolate(logits, size=y.shape[-2:], mode="bilinear", align_corners=False))
 
     def forward(self, y: Tensor, p: Tensor, under: Tensor, over: Tensor) -> Tensor:
