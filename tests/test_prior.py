@@ -18,7 +18,7 @@ from crmef.errors import ConfigError
 from crmef.inference import receptive_field, run_fast, run_full
 from crmef.models import load_model, save_model
 from crmef.nets import FusionNet, NetConfig
-from crmef.nets.prior import PriorBlend, mertens_prior, prior_array
+from crmef.nets.prior import PriorBlend, prior_array, prior_image
 from crmef.space import get_preset
 from crmef.train import Trainer, TrainConfig
 
@@ -40,15 +40,15 @@ def _pair(h: int, w: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return base * 0.4, (0.5 + base * 0.5).clamp(0, 1)
 
 
-def test_mertens_prior_is_opencv_mertens_per_batch_item() -> None:
+def test_prior_image_is_opencv_mertens_per_batch_item() -> None:
     u, o = _pair(20, 30)
     u2, o2 = _pair(20, 30, seed=1)
-    got = mertens_prior(torch.cat([u, u2]), torch.cat([o, o2]))
+    got = prior_image("mertens", torch.cat([u, u2]), torch.cat([o, o2]))
     assert got.shape == (2, 3, 20, 30)
     for i, (a, b) in enumerate(((u, o), (u2, o2))):
         want = mertens_reference([a[0].permute(1, 2, 0).numpy(), b[0].permute(1, 2, 0).numpy()])
         np.testing.assert_allclose(got[i].permute(1, 2, 0).numpy(), want, atol=1e-6)
-    assert mertens_prior(u[0], o[0]).shape == (3, 20, 30)
+    assert prior_image("mertens", u[0], o[0]).shape == (3, 20, 30)
 
 
 def test_blend_starts_near_the_network_and_moves_towards_the_prior() -> None:
@@ -84,7 +84,7 @@ def test_given_prior_equals_computed_prior_and_is_used() -> None:
     u, o = _pair(36, 50)
     with torch.no_grad():
         auto = net(u, o)
-        given = net(u, o, mertens_prior(u, o))
+        given = net(u, o, prior_image("mertens", u, o))
         other = net(u, o, torch.zeros_like(u))
         plain = _net(prior="none")(u, o)
     torch.testing.assert_close(auto, given)
@@ -140,7 +140,7 @@ def test_onnx_parity_with_prior_input(tmp_path: Path) -> None:
     assert net.multiple == 8  # the blend's 1/8 grid; ONNX callers pad to it (crmef.commands.export)
     for h, w in [(48, 64), (88, 40)]:
         u, o = _pair(h, w)
-        p = mertens_prior(u, o)
+        p = prior_image("mertens", u, o)
         got = sess.run(None, {"under": u.numpy(), "over": o.numpy(), "prior": p.numpy()})[0]
         with torch.no_grad():
             want = net(u, o).numpy()

@@ -284,9 +284,8 @@ def run_full(
         return _to_numpy(net(_to_tensor(under, device), _to_tensor(over, device)))
     if net.blend is None:
         return _tiled(net, under, over, tile, max_memory, feather, device, progress)
-    m = net.multiple
-    ph, pw = (-h) % m, (-w) % m
-    mode = "reflect" if (h > ph and w > pw) else "edge"  # as FusionNet.forward pads
+    ph, pw, reflect = net.padding(h, w)
+    mode = "reflect" if reflect else "edge"  # numpy's names for FusionNet.forward's padding
 
     def pad(a: np.ndarray) -> np.ndarray:
         return np.pad(a, ((0, ph), (0, pw), (0, 0)), mode=mode) if (ph or pw) else a

@@ -39,7 +39,7 @@ import random
 import shutil
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -193,14 +193,11 @@ class TrainConfig:
             raise ConfigError(f"optim.lr_min must be in (0, optim.lr], got {self.optim.lr_min} and {self.optim.lr}")
         if self.model.prior not in PRIORS:
             raise ConfigError(f"model.prior must be one of {', '.join(PRIORS)}, got {self.model.prior!r}")
-        # A net with a prior takes it as an input: the data pipeline supplies it.
-        for name, data in (("data", self.data), ("val", self.val)):
-            if data is None:
-                continue
-            if self.model.prior == "mertens" and data.misalign:
-                raise ConfigError(f"model.prior='mertens' cannot be trained on misaligned pairs ({name}.misalign): "
-                                  "the Mertens fusion of misaligned frames is ghosted; use flow_mertens")
-            data.prior = self.model.prior
+        # A net with a prior takes it as an input: the data pipeline supplies it (DataConfig
+        # validates the combination, e.g. no Mertens prior on misaligned pairs).
+        self.data = replace(self.data, prior=self.model.prior)
+        if self.val is not None:
+            self.val = replace(self.val, prior=self.model.prior)
 
 
 @dataclass

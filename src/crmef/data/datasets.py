@@ -138,6 +138,11 @@ def _padding(cfg: DataConfig) -> int:
     return pad
 
 
+def _as_float(a: np.ndarray) -> np.ndarray:
+    """uint8 -> float32 in [0, 1]; float arrays unchanged."""
+    return a.astype(np.float32) / np.float32(255.0) if a.dtype == np.uint8 else a
+
+
 class _EpochMixin:
     epoch = 0
 
@@ -152,13 +157,12 @@ class _EpochMixin:
         cfg: DataConfig = self.cfg  # type: ignore[attr-defined]
         mis = cfg.misalign_config
         if mis is not None:
-            f = [a.astype(np.float32) / np.float32(255.0) if a.dtype == np.uint8 else a for a in arrays[:3]]
+            f = [_as_float(a) for a in arrays]
             size = (cfg.crop, cfg.crop) if cfg.crop is not None else None
             u, o, r, _ = misalign_triple(f[0], f[1], f[2], rng, mis, out_size=size)
             arrays = [u, o, r]
         if cfg.prior != "none" and len(arrays) == 3:  # no whole-frame prior: the crop's own
-            f = [a.astype(np.float32) / np.float32(255.0) if a.dtype == np.uint8 else a for a in arrays[:2]]
-            arrays = [*arrays, prior_array(cfg.prior, f[0], f[1])]
+            arrays = [*arrays, prior_array(cfg.prior, _as_float(arrays[0]), _as_float(arrays[1]))]
         if cfg.augment and cfg.crop is not None:
             arrays = augment(arrays, rng)
         u, o, r = (to_tensor(a) for a in arrays[:3])

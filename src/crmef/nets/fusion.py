@@ -259,6 +259,13 @@ class FusionNet(nn.Module):
             return 4
         return 2 if self.config.cascades > 0 else 1
 
+    def padding(self, h: int, w: int) -> tuple[int, int, bool]:
+        """How :meth:`forward` pads an H×W input at the bottom/right: ``(ph, pw, reflect)`` —
+        up to :attr:`multiple`, mirrored when the image is large enough, else edge-replicated."""
+        m = self.multiple
+        ph, pw = (-h) % m, (-w) % m
+        return ph, pw, h > ph and w > pw
+
     def relight(self, under: Tensor, over: Tensor) -> tuple[Tensor, Tensor]:
         """Cascaded relighting. ``(B,3,H,W) x2 -> (B,3,H,W) x2``; H, W even."""
         for s in range(self.config.cascades):
@@ -308,10 +315,9 @@ class FusionNet(nn.Module):
             under, over = under.unsqueeze(0), over.unsqueeze(0)
             prior = prior.unsqueeze(0) if prior is not None else None
         h, w = under.shape[-2:]
-        m = self.multiple
-        ph, pw = (-h) % m, (-w) % m
+        ph, pw, reflect = self.padding(h, w)
         if ph or pw:
-            mode = "reflect" if (h > ph and w > pw) else "replicate"
+            mode = "reflect" if reflect else "replicate"
             under = F.pad(under, (0, pw, 0, ph), mode=mode)
             over = F.pad(over, (0, pw, 0, ph), mode=mode)
             prior = F.pad(prior, (0, pw, 0, ph), mode=mode) if prior is not None else None

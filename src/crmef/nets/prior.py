@@ -44,7 +44,7 @@ def prior_array(kind: str, under: np.ndarray, over: np.ndarray) -> np.ndarray:
     if kind == "flow_mertens":
         from crmef.baselines import flow_mertens
 
-        return np.clip(flow_mertens(under, over), 0.0, 1.0).astype(np.float32)
+        return flow_mertens(under, over)
     raise ValueError(f"unknown prior {kind!r}; use one of {PRIORS[1:]}")
 
 
@@ -65,11 +65,6 @@ def prior_image(kind: str, under: Tensor, over: Tensor) -> Tensor:
     out = torch.stack([torch.from_numpy(prior_array(kind, a, b)).permute(2, 0, 1) for a, b in zip(un, on)])
     out = out.to(device=under.device, dtype=under.dtype)
     return out.squeeze(0) if squeeze else out
-
-
-def mertens_prior(under: Tensor, over: Tensor) -> Tensor:
-    """:func:`prior_image` of kind ``"mertens"``."""
-    return prior_image("mertens", under, over)
 
 
 class PriorBlend(nn.Module):
