@@ -110,3 +110,35 @@ def test_patch_critic_shapes_and_no_batch_norm() -> None:
         assert critic(torch.rand(2, 3, 64, 48)).shape == (2, 1, 8, 6)
     with pytest.raises(ValueError, match="norm"):
         CriticConfig(norm="batch")
+
+
+def test_mef_ssim_loss_matches_the_metric_and_has_a_gradient() -> None:
+    from crmef.losses import mef_ssim_loss
+    from crmef.metrics.mef_ssim import mef_ssim
+
+    g = torch.Generator().manual_seed(0)
+    base = torch.rand(2, 3, 64, 72, generator=g)
+    u, o = base * 0.3, (0.5 + 0.5 * base).clamp(0, 1)
+    for y0 in ((u + o) / 2, u, torch.rand(2, 3, 64, 72, generator=g)):
+        y = y0.clone().requires_grad_(True)
+        loss = mef_ssim_loss(y, (u, o))
+        want = 1 - float(mef_ssim([u, o], y0).mean())  # the metric rounds to 8 bits; the loss does not
+        assert abs(float(loss) - want) < 0.01
+        loss.backward()
+        assert y.grad is not None and torch.isfinite(y.grad).all() and float(y.grad.abs().max()) > 0
+    # noise scores worse than the average of the sources
+    assert float(mef_ssim_loss(torch.rand(2, 3, 64, 72, generator=g), (u, o))) > float(mef_ssim_loss((u + o) / 2, (u, o)))
+
+
+def test_fusion_loss_mef_term_needs_the_sources() -> None:
+    y, ref = torch.rand(1, 3, 48, 48), torch.rand(1, 3, 48, 48)
+    plain = FusionLoss(LossConfig(adversarial=0.0))
+    with_mef = FusionLoss(LossConfig(adversarial=0.0, mef_ssim=0.5))
+    t0, p0 = plain(y, ref)
+    t1, p1 = with_mef(y, ref, sources=(y * 0.5, y))
+    assert "mef" not in p0 and "mef" in p1
+    assert float(t1) == pytest.approx(float(t0) + 0.5 * p1["mef"], abs=1e-6)
+    with pytest.raises(ValueError, match="needs the source frames"):
+        with_mef(y, ref)
+    with pytest.raises(ValueError, match="must be >= 0"):
+        LossConfig(mef_ssim=-1.0)

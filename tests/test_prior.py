@@ -18,7 +18,7 @@ from crmef.errors import ConfigError
 from crmef.inference import receptive_field, run_fast, run_full
 from crmef.models import load_model, save_model
 from crmef.nets import FusionNet, NetConfig
-from crmef.nets.prior import PriorBlend, prior_array, prior_image
+from crmef.nets.prior import PriorBlend, lowpass, prior_array, prior_image
 from crmef.space import get_preset
 from crmef.train import Trainer, TrainConfig
 
@@ -26,11 +26,13 @@ ROOT = Path(__file__).resolve().parents[1]
 torch.set_num_threads(1)
 
 
-def _net(prior: str = "mertens", seed: int = 0) -> FusionNet:
+def _net(prior: str = "mertens", seed: int = 0, detail: int = 0) -> FusionNet:
     torch.manual_seed(seed)
-    net = FusionNet.from_genotype(get_preset("general"), channels=4, prior=prior).eval()
+    net = FusionNet.from_genotype(get_preset("general"), channels=4, prior=prior, detail=detail).eval()
     if net.blend is not None:  # a trained-looking blend (the zero-initialised last conv would hide bugs)
         torch.nn.init.normal_(net.blend.net[-1].weight, std=0.3)
+        if net.blend.detail_head is not None:
+            torch.nn.init.normal_(net.blend.detail_head.weight, std=0.3)
     return net
 
 
@@ -92,6 +94,38 @@ def test_given_prior_equals_computed_prior_and_is_used() -> None:
     assert auto.shape == plain.shape == u.shape and 0 <= float(auto.min()) and float(auto.max()) <= 1
 
 
+def test_lowpass_keeps_smooth_content_and_removes_fine_detail() -> None:
+    h, w = 96, 128
+    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    flat = torch.full((1, 3, h, w), 0.37)
+    torch.testing.assert_close(lowpass(flat, 32), flat)
+    slow = (0.5 + 0.3 * torch.sin(2 * torch.pi * xx / 400)).expand(1, 3, h, w)  # period >> sigma
+    fine = 0.2 * torch.sign(torch.sin(2 * torch.pi * xx / 4)) * torch.sign(torch.sin(2 * torch.pi * yy / 4))
+    out = lowpass(slow + fine, 16)
+    assert out.shape == slow.shape
+    assert float((out - slow).abs()[..., 16:-16, 16:-16].max()) < 0.02  # the fine pattern is gone
+    assert float((lowpass(slow, 16) - slow).abs()[..., 16:-16, 16:-16].max()) < 0.01  # the slow one stays
+    assert float((lowpass(slow, 16) - slow).abs().max()) < 0.06  # borders: replicated, a ramp bends a little
+
+
+def test_detail_transfer_takes_the_priors_detail_and_keeps_the_networks_tone() -> None:
+    """w ~ 0, w_d ~ 1: the output is the network's low-pass band plus the prior's detail band."""
+    blend = PriorBlend(detail=16)
+    with torch.no_grad():
+        blend.net[-1].bias.fill_(-40.0)
+        blend.detail_head.bias.fill_(40.0)  # type: ignore[union-attr]
+    g = torch.Generator().manual_seed(0)
+    y = 0.3 + 0.1 * torch.rand(1, 3, 64, 80, generator=g)
+    p = 0.6 + 0.3 * torch.rand(1, 3, 64, 80, generator=g)
+    u, o = _pair(64, 80)
+    out = blend(y, p, u, o)
+    torch.testing.assert_close(out, lowpass(y, 16) + p - lowpass(p, 16), atol=1e-5, rtol=0)
+    assert float((out - y).abs().mean()) > 0.05  # it did move
+    # detail 0: the blend's parameters are the same names, so a prior model initialises a detail one
+    plain, with_detail = PriorBlend().state_dict(), blend.state_dict()
+    assert set(with_detail) - set(plain) == {"detail_head.weight", "detail_head.bias"}
+
+
 def test_prior_errors_are_clear() -> None:
     u, o = _pair(16, 16)
     with pytest.raises(ValueError, match="prior given to a network without one"):
@@ -100,24 +134,32 @@ def test_prior_errors_are_clear() -> None:
         _net()(u, o, u[..., :8])
     with pytest.raises(ValueError, match="prior must be one of"):
         NetConfig(prior="reinhard")
+    with pytest.raises(ValueError, match="detail transfer needs a prior"):
+        NetConfig(detail=32)
+    with pytest.raises(ValueError, match="detail must be"):
+        NetConfig(prior="mertens", detail=-1)
     with pytest.raises(ValueError, match="unknown prior"):
         prior_array("reinhard", u[0].permute(1, 2, 0).numpy(), o[0].permute(1, 2, 0).numpy())
 
 
-def test_card_round_trip(tmp_path: Path) -> None:
-    net = _net()
+@pytest.mark.parametrize("detail", [0, 16])
+def test_card_round_trip(tmp_path: Path, detail: int) -> None:
+    net = _net(detail=detail)
     w, card = save_model(net, tmp_path / "m", {"name": "p"})
     assert json.loads(card.read_text())["prior"] == "mertens"
+    assert json.loads(card.read_text())["detail"] == detail
     back = load_model(w)
-    assert back.config.prior == "mertens"
+    assert back.config.prior == "mertens" and back.config.detail == detail
     u, o = _pair(24, 24)
     with torch.no_grad():
         torch.testing.assert_close(back(u, o), net(u, o))
 
 
-def test_tiles_get_the_whole_image_prior() -> None:
-    """Tiled inference equals untiled inference: each tile gets its crop of the global prior."""
-    net = _net()
+@pytest.mark.parametrize("detail", [0, 32])
+def test_tiles_get_the_whole_image_prior(detail: int) -> None:
+    """Tiled inference equals untiled inference: each tile gets its crop of the global prior
+    (and the detail transfer's low-pass, a global operator, runs once on the whole image)."""
+    net = _net(detail=detail)
     rng = np.random.default_rng(0)
     base = rng.random((150, 170, 3), dtype=np.float32)
     u, o = base * 0.4, np.clip(0.5 + base * 0.5, 0, 1).astype(np.float32)
@@ -129,11 +171,12 @@ def test_tiles_get_the_whole_image_prior() -> None:
     assert fast.shape == u.shape and np.isfinite(fast).all()
 
 
-def test_onnx_parity_with_prior_input(tmp_path: Path) -> None:
+@pytest.mark.parametrize("detail", [0, 32])
+def test_onnx_parity_with_prior_input(tmp_path: Path, detail: int) -> None:
     ort = pytest.importorskip("onnxruntime")
     from crmef.commands.export import export_onnx
 
-    net = _net()
+    net = _net(detail=detail)
     path = export_onnx(net, tmp_path / "p.onnx")
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [i.name for i in sess.get_inputs()] == ["under", "over", "prior"]

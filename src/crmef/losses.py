@@ -6,6 +6,10 @@ PatchGAN critic ``D`` (:mod:`crmef.nets.critic`) trained with the WGAN-GP object
 ``E[D(y)] - E[D(x)] + λ E[(‖∇D(x̂)‖₂ - 1)²]`` on random interpolates ``x̂`` between reference
 ``x`` and output ``y`` (Gulrajani et al., 2017). A PatchGAN critic gives a map of scores; its
 score of an image is the mean of that map, and the penalty uses the gradient of that score.
+
+Not in the paper, off by default: ``w_mef (1 − MEF-SSIM(y; sources))``, the no-reference
+structure term of Ma et al. (2015) used as a loss (as MEF-Net, Ma et al. 2019, trains), on the
+same grey conversion as :func:`crmef.metrics.mef_ssim` without its 8-bit rounding.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ __all__ = [
     "gradient_penalty",
     "critic_loss",
     "generator_adversarial_loss",
+    "mef_ssim_loss",
     "FusionLoss",
 ]
 
@@ -38,15 +43,18 @@ class LossConfig:
         gradient: β1, weight of ℓ_Gra (L2 between Sobel gradients).
         adversarial: β2, weight of ℓ_Dis (WGAN generator term); 0 disables the critic.
         gp: λ, weight of the gradient penalty in the critic loss.
+        mef_ssim: weight of ``1 − MEF-SSIM`` against the two input frames (not in the paper;
+            0 disables it).
     """
 
     intensity: float = 1.0
     gradient: float = 0.75
     adversarial: float = 0.05
     gp: float = 10.0
+    mef_ssim: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("intensity", "gradient", "adversarial", "gp"):
+        for name in ("intensity", "gradient", "adversarial", "gp", "mef_ssim"):
             if getattr(self, name) < 0:
                 raise ValueError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
 
@@ -160,6 +168,37 @@ def generator_adversarial_loss(critic: nn.Module, fake: Tensor) -> Tensor:
     return -critic_score(critic, fake).mean()
 
 
+_GREY = (0.298936021293775, 0.587043074451121, 0.114020904255103)  # MATLAB rgb2gray
+
+
+def mef_ssim_loss(y: Tensor, sources: tuple[Tensor, ...] | list[Tensor]) -> Tensor:
+    """``1 − MEF-SSIM(y; sources)``, batch mean, differentiable in ``y``.
+
+    Grey conversion as MATLAB ``rgb2gray`` on 0..255 values, float64, without the metric's
+    8-bit rounding (so it has a gradient); three scales, 11×11 windows.
+
+    Args:
+        y: output, (B, 3, H, W) in [0, 1]; H, W >= 44.
+        sources: the input exposures, each (B, 3, H, W).
+
+    Returns:
+        Scalar loss in [0, 2] (0 when the structure of every window is the ideal one).
+    """
+    from crmef.metrics.mef_ssim import mef_ssim_gray
+
+    if len(sources) < 2:
+        raise ValueError(f"the MEF-SSIM loss needs at least two source frames, got {len(sources)}")
+    for s in sources:
+        _check(y, s)
+    k = torch.tensor(_GREY, dtype=torch.float64, device=y.device).view(1, 3, 1, 1)
+
+    def grey(x: Tensor) -> Tensor:
+        return (x.to(torch.float64).clamp(0.0, 1.0) * 255.0 * k).sum(1, keepdim=True)
+
+    seq = torch.cat([grey(s.detach()) for s in sources], 1)
+    return (1.0 - mef_ssim_gray(seq, grey(y))).mean().to(y.dtype)
+
+
 class FusionLoss(nn.Module):
     """The generator objective ``w_int ℓ_Int + β1 ℓ_Gra + β2 ℓ_Dis``.
 
@@ -171,16 +210,22 @@ class FusionLoss(nn.Module):
         super().__init__()
         self.cfg = cfg or LossConfig()
 
-    def forward(self, y: Tensor, ref: Tensor, critic: nn.Module | None = None) -> tuple[Tensor, dict[str, float]]:
+    def forward(self, y: Tensor, ref: Tensor, critic: nn.Module | None = None,
+                sources: tuple[Tensor, ...] | None = None) -> tuple[Tensor, dict[str, float]]:
         """Total generator loss.
 
         Args:
             y: output, (B, 3, H, W).
             ref: reference, (B, 3, H, W).
             critic: the critic, or None to leave out the adversarial term (pixel warm-up).
+            sources: the input frames, each (B, 3, H, W); needed when ``cfg.mef_ssim > 0``.
 
         Returns:
-            (scalar loss, {"int", "gra", "dis", "total"} as floats).
+            (scalar loss, {"int", "gra", "dis", "mef", "total"} as floats; "dis"/"mef" only
+            when that term is on).
+
+        Raises:
+            ValueError: the MEF-SSIM term is on and ``sources`` is missing.
         """
         l_int = intensity_loss(y, ref)
         l_gra = gradient_loss(y, ref)
@@ -190,5 +235,11 @@ class FusionLoss(nn.Module):
             l_dis = generator_adversarial_loss(critic, y)
             total = total + self.cfg.adversarial * l_dis
             parts["dis"] = float(l_dis.detach())
+        if self.cfg.mef_ssim > 0:
+            if sources is None:
+                raise ValueError("loss.mef_ssim > 0 needs the source frames (FusionLoss(..., sources=(under, over)))")
+            l_mef = mef_ssim_loss(y, sources)
+            total = total + self.cfg.mef_ssim * l_mef
+            parts["mef"] = float(l_mef.detach())
         parts["total"] = float(total.detach())
         return total, parts

@@ -116,6 +116,7 @@ def build_from_card(card: dict[str, Any], where: str = "model card") -> FusionNe
             eps=float(card.get("eps", 1e-3)),
             illum_smooth=int(card.get("illum_smooth", 0)),
             prior=str(card.get("prior", "none")),
+            detail=int(card.get("detail", 0)),
         )
     except (ValueError, TypeError, KeyError) as exc:
         raise InputError(f"{where}: invalid model description ({exc})") from exc
@@ -155,7 +156,7 @@ def save_model(net: FusionNet, path: str | os.PathLike[str], card: dict[str, Any
     """Save ``net`` as ``<path>.safetensors`` plus the model card ``<path>.json``, atomically.
 
     The structural keys (``genotype``, ``channels``, ``cascades``, ``head``, ``eps``,
-    ``illum_smooth``, ``prior``) are filled
+    ``illum_smooth``, ``prior``, ``detail``) are filled
     from the network itself, so the card always describes the weights; ``card`` supplies
     ``name``, ``training``, ``metrics`` and anything else (kept as given).
 
@@ -186,6 +187,7 @@ def save_model(net: FusionNet, path: str | os.PathLike[str], card: dict[str, Any
         eps=cfg.eps,
         illum_smooth=cfg.illum_smooth,
         prior=cfg.prior,
+        detail=cfg.detail,
     )
     full.setdefault("training", {})
     full.setdefault("metrics", {})

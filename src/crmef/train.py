@@ -93,6 +93,7 @@ class ModelSpec:
         illum_smooth: box radius of the Retinex illumination map (0: the paper's per-pixel map).
         prior: ``"none"`` (the paper), ``"mertens"`` or ``"flow_mertens"`` (learned blend with that
             classical fusion of the inputs; :mod:`crmef.nets.prior`).
+        detail: low-pass scale (pixels) of the prior's learned detail transfer (0: none).
         init_from: optional ``.safetensors`` model (or checkpoint ``model.safetensors``) whose
             tensors of matching name and shape initialise the network (fine-tuning).
     """
@@ -103,6 +104,7 @@ class ModelSpec:
     head: str | None = None
     illum_smooth: int = 0
     prior: str = "none"
+    detail: int = 0
     init_from: str | None = None
 
 
@@ -244,7 +246,8 @@ def build_net(spec: ModelSpec) -> FusionNet:
     genotype = load_genotype(spec.genotype)
     try:
         net = FusionNet.from_genotype(genotype, channels=spec.channels, cascades=spec.cascades, head=spec.head,
-                                       illum_smooth=spec.illum_smooth, prior=spec.prior)
+                                       illum_smooth=spec.illum_smooth, prior=spec.prior,
+                                       detail=spec.detail)
     except ValueError as exc:
         raise ConfigError(f"model: {exc}") from exc
     if spec.init_from:
@@ -597,7 +600,7 @@ class Trainer:
             parts.update(c_parts)
         self.critic.requires_grad_(False)
         with self._autocast():
-            loss, g_parts = self.criterion(y, ref, self.critic if use_gan else None)
+            loss, g_parts = self.criterion(y, ref, self.critic if use_gan else None, sources=(under, over))
         if not self._all_finite(loss):
             raise NonFiniteLossError(f"generator loss is {float(loss.detach())} at step {self.step + 1} (parts: {g_parts})")
         self.g_opt.zero_grad(set_to_none=True)

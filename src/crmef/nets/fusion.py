@@ -60,6 +60,8 @@ class NetConfig:
             per-pixel map; see the module docstring).
         prior: ``"none"`` (the paper), ``"mertens"`` or ``"flow_mertens"``: blend the output
             with that classical fusion of the inputs (module docstring, step 4).
+        detail: low-pass scale σ in pixels of the prior's detail transfer (0: none; needs a
+            prior; :class:`~crmef.nets.prior.PriorBlend`).
         space: candidate ops per slot kind (super-net only).
     """
 
@@ -71,6 +73,7 @@ class NetConfig:
     eps: float = 1e-3
     illum_smooth: int = 0
     prior: str = "none"
+    detail: int = 0
     space: SearchSpace = field(default_factory=SearchSpace)
 
     def __post_init__(self) -> None:
@@ -90,6 +93,10 @@ class NetConfig:
             raise ValueError(f"illum_smooth applies to the retinex head only, got head {self.head!r}")
         if self.prior not in PRIORS:
             raise ValueError(f"prior must be one of {PRIORS}, got {self.prior!r}")
+        if not isinstance(self.detail, int) or isinstance(self.detail, bool) or not 0 <= self.detail <= 512:
+            raise ValueError(f"detail must be an integer low-pass scale in pixels, 0..512, got {self.detail!r}")
+        if self.detail and self.prior == "none":
+            raise ValueError("detail transfer needs a prior (prior 'mertens' or 'flow_mertens')")
 
 
 class _ClipST(torch.autograd.Function):
@@ -180,7 +187,7 @@ class FusionNet(nn.Module):
         drm_in = c if self.dasm is not None else 3
         self.drm = DRM(drm_in, 2 * c, drm_ops)
         self.to_rgb = nn.Conv2d(c, 3, 3, padding=1) if (self.dasm is not None and config.head == "retinex") else None
-        self.blend = PriorBlend() if config.prior != "none" else None
+        self.blend = PriorBlend(detail=config.detail) if config.prior != "none" else None
 
     # ---------------------------------------------------------------- construction helpers
     @classmethod
@@ -198,6 +205,7 @@ class FusionNet(nn.Module):
         eps: float = 1e-3,
         illum_smooth: int = 0,
         prior: str = "none",
+        detail: int = 0,
     ) -> FusionNet:
         """The compact derived network of ``genotype``.
 
@@ -206,7 +214,7 @@ class FusionNet(nn.Module):
         head = head or ("direct" if genotype.align else "retinex")
         cfg = NetConfig(channels=channels, cascades=cascades, align=genotype.align, head=head,
                         drm_blocks=len(genotype.drm), eps=eps, illum_smooth=illum_smooth,
-                        prior=prior)
+                        prior=prior, detail=detail)
         return cls(cfg, genotype=genotype)
 
     # ---------------------------------------------------------------- search interface
