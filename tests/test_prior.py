@@ -251,3 +251,26 @@ def test_trainer_feeds_the_prior_and_refuses_misalignment(tmp_path: Path) -> Non
     result = Trainer(cfg, tmp_path / "run_flow", progress=False).run()
     net = load_model(result.model_path)
     assert net.config.prior == "flow_mertens" and net.dasm is not None
+
+
+def test_trainer_with_detail_transfer_and_mef_ssim_loss(tmp_path: Path) -> None:
+    root = tmp_path / "brackets"
+    for i in range(2):
+        write_demo_bracket(root / f"s{i}", [-2, 0, 2], size=(72, 96), seed=i)
+    src = f"[{{root: '{root}', kind: brackets}}]"
+    base = [f"data.sources={src}", f"val.sources={src}", "data.split=all", "val.split=all", "model.prior=mertens",
+            "model.detail=16", "loss.mef_ssim=1.0", f"data.cache_dir='{tmp_path / 'c'}'",
+            f"val.cache_dir='{tmp_path / 'c'}'", "steps=2", "val_every=2"]
+    tiny = ROOT / "configs" / "train" / "tiny.yaml"
+    with pytest.raises(ConfigError, match="at least 44 pixels"):
+        load_config(TrainConfig, tiny, base)  # tiny.yaml crops 32 px
+    cfg = load_config(TrainConfig, tiny, [*base, "data.crop=48"])
+    probe = Trainer(cfg, tmp_path / "probe", progress=False)
+    parts = probe.train_step(next(iter(probe.loader)))
+    assert 0 < parts["mef"] < 1 and parts["total"] > parts["int"]
+    result = Trainer(cfg, tmp_path / "run", progress=False).run()
+    assert result.step == 2
+    net = load_model(result.model_path)
+    assert net.config.detail == 16 and net.blend is not None and net.blend.detail_head is not None
+    with pytest.raises(ConfigError, match="detail transfer needs a prior"):
+        Trainer(load_config(TrainConfig, tiny, [*base[:4], "model.detail=16", "steps=1"]), tmp_path / "r2", progress=False)
