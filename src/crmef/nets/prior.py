@@ -22,7 +22,7 @@ The detail transfer exists because the two are right about different things: on 
 validation brackets the network's tone is 3.6 dB closer to the full-bracket reference than
 Mertens's, while Mertens keeps the sources' local structure far better (MEF-SSIM 0.986 against
 0.910); taking the network's low-pass band (σ = 32 px) and Mertens's detail scores 24.8 dB and
-0.981 (``benchmarks``-free measurement recorded in the README).
+0.981 on the validation brackets (README, training section).
 """
 
 from __future__ import annotations
