@@ -138,8 +138,9 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(hdr_maps: Path, tmp_path:
     trainer = Trainer(_cfg(hdr_maps, steps=8, val="null"), tmp_path / "run", progress=False)
     real = trainer.criterion
 
-    def nan_from_step_5(y: torch.Tensor, ref: torch.Tensor, critic: object = None) -> tuple[torch.Tensor, dict]:
-        total, parts = real(y, ref, critic)
+    def nan_from_step_5(y: torch.Tensor, ref: torch.Tensor, critic: object = None,
+                        sources: object = None) -> tuple[torch.Tensor, dict]:
+        total, parts = real(y, ref, critic, sources=sources)
         return (total * float("nan"), parts) if trainer.step >= 4 else (total, parts)
 
     trainer.criterion = nan_from_step_5  # type: ignore[assignment]
