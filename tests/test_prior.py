@@ -57,7 +57,8 @@ def test_blend_starts_near_the_network_and_moves_towards_the_prior() -> None:
     blend = PriorBlend()
     y, p = torch.full((1, 3, 24, 40), 0.2), torch.full((1, 3, 24, 40), 0.8)
     u, o = _pair(24, 40)
-    w = blend.weight_map(y, p, u, o)
+    w, wd = blend.weight_maps(y, p, u, o)
+    assert wd is None
     torch.testing.assert_close(w, torch.full_like(w, float(torch.sigmoid(torch.tensor(-3.0)))))
     out = blend(y, p, u, o)
     assert torch.all(out > 0.2) and torch.all(out < 0.8)
@@ -66,7 +67,7 @@ def test_blend_starts_near_the_network_and_moves_towards_the_prior() -> None:
     torch.testing.assert_close(blend(y, p, u, o), p)  # w -> 1: the prior itself
 
 
-def test_uniform_input_gives_a_uniform_weight_map() -> None:
+def test_uniform_input_gives_uniform_weight_maps() -> None:
     """No frame along the border: the weight of a flat scene is flat up to the image edge (zero
     padding of the 1/8-resolution convolutions made it fall there, a visible band in outputs)."""
     torch.manual_seed(0)
@@ -76,7 +77,7 @@ def test_uniform_input_gives_a_uniform_weight_map() -> None:
             torch.nn.init.normal_(conv.weight, std=0.05)
     flat = [torch.full((1, 3, 64, 96), v) for v in (0.6, 0.4, 0.1, 0.9)]
     with torch.no_grad():
-        w = blend.weight_map(*flat)
+        w = blend.weight_maps(*flat)[0]
     assert float(w.std(dim=(2, 3)).max()) < 1e-5  # per channel
     assert float(w.min()) > 0.01 and float(w.max()) < 0.99  # not trivially saturated
 
@@ -227,26 +228,35 @@ def test_dataset_prior_is_the_whole_frame_fusion_cropped(tmp_path: Path) -> None
     np.testing.assert_allclose(mis["prior"].permute(1, 2, 0).numpy(), want, atol=1e-6)
 
 
-def test_trainer_feeds_the_prior_and_refuses_misalignment(tmp_path: Path) -> None:
+TINY = ROOT / "configs" / "train" / "tiny.yaml"
+
+
+def _bracket_overrides(tmp_path: Path) -> list[str]:
+    """``--set`` overrides that train and validate tiny.yaml on two synthetic brackets."""
     root = tmp_path / "brackets"
     for i in range(2):
         write_demo_bracket(root / f"s{i}", [-2, 0, 2], size=(72, 96), seed=i)
     src = f"[{{root: '{root}', kind: brackets}}]"
-    base = [f"data.sources={src}", f"val.sources={src}", "data.split=all", "val.split=all", "model.prior=mertens",
-            f"data.cache_dir='{tmp_path / 'c'}'", f"val.cache_dir='{tmp_path / 'c'}'"]
-    cfg = load_config(TrainConfig, ROOT / "configs" / "train" / "tiny.yaml", [*base, "steps=3", "val_every=3"])
+    cache = tmp_path / "c"
+    return [f"data.sources={src}", f"val.sources={src}", "data.split=all", "val.split=all",
+            f"data.cache_dir='{cache}'", f"val.cache_dir='{cache}'"]
+
+
+def test_trainer_feeds_the_prior_and_refuses_misalignment(tmp_path: Path) -> None:
+    data = _bracket_overrides(tmp_path)
+    base = [*data, "model.prior=mertens"]
+    cfg = load_config(TrainConfig, TINY, [*base, "steps=3", "val_every=3"])
     assert cfg.data.prior == "mertens" and cfg.val is not None and cfg.val.prior == "mertens"
     trainer = Trainer(cfg, tmp_path / "run", progress=False)
     result = trainer.run()
     assert result.step == 3
     assert load_model(result.model_path).config.prior == "mertens"
     with pytest.raises(ConfigError, match="misaligned"):
-        load_config(TrainConfig, ROOT / "configs" / "train" / "tiny.yaml", [*base, "data.misalign=true"])
+        load_config(TrainConfig, TINY, [*base, "data.misalign=true"])
     # hand-held training: the optical-flow prior of each misaligned crop
-    flow = [*base[:-3], "model.prior=flow_mertens", "model.genotype=aligned", "data.misalign=true",
-            "val.misalign=true", f"data.cache_dir='{tmp_path / 'c'}'", f"val.cache_dir='{tmp_path / 'c'}'", "steps=2",
-            "val_every=2"]
-    cfg = load_config(TrainConfig, ROOT / "configs" / "train" / "tiny.yaml", flow)
+    flow = [*data, "model.prior=flow_mertens", "model.genotype=aligned", "data.misalign=true",
+            "val.misalign=true", "steps=2", "val_every=2"]
+    cfg = load_config(TrainConfig, TINY, flow)
     assert cfg.data.prior == "flow_mertens"
     result = Trainer(cfg, tmp_path / "run_flow", progress=False).run()
     net = load_model(result.model_path)
@@ -254,17 +264,11 @@ def test_trainer_feeds_the_prior_and_refuses_misalignment(tmp_path: Path) -> Non
 
 
 def test_trainer_with_detail_transfer_and_mef_ssim_loss(tmp_path: Path) -> None:
-    root = tmp_path / "brackets"
-    for i in range(2):
-        write_demo_bracket(root / f"s{i}", [-2, 0, 2], size=(72, 96), seed=i)
-    src = f"[{{root: '{root}', kind: brackets}}]"
-    base = [f"data.sources={src}", f"val.sources={src}", "data.split=all", "val.split=all", "model.prior=mertens",
-            "model.detail=16", "loss.mef_ssim=1.0", f"data.cache_dir='{tmp_path / 'c'}'",
-            f"val.cache_dir='{tmp_path / 'c'}'", "steps=2", "val_every=2"]
-    tiny = ROOT / "configs" / "train" / "tiny.yaml"
+    data = _bracket_overrides(tmp_path)
+    base = [*data, "model.prior=mertens", "model.detail=16", "loss.mef_ssim=1.0", "steps=2", "val_every=2"]
     with pytest.raises(ConfigError, match="at least 44 pixels"):
-        load_config(TrainConfig, tiny, base)  # tiny.yaml crops 32 px
-    cfg = load_config(TrainConfig, tiny, [*base, "data.crop=48"])
+        load_config(TrainConfig, TINY, base)  # tiny.yaml crops 32 px
+    cfg = load_config(TrainConfig, TINY, [*base, "data.crop=48"])
     probe = Trainer(cfg, tmp_path / "probe", progress=False)
     parts = probe.train_step(next(iter(probe.loader)))
     assert 0 < parts["mef"] < 1 and parts["total"] > parts["int"]
@@ -273,4 +277,4 @@ def test_trainer_with_detail_transfer_and_mef_ssim_loss(tmp_path: Path) -> None:
     net = load_model(result.model_path)
     assert net.config.detail == 16 and net.blend is not None and net.blend.detail_head is not None
     with pytest.raises(ConfigError, match="detail transfer needs a prior"):
-        Trainer(load_config(TrainConfig, tiny, [*base[:4], "model.detail=16", "steps=1"]), tmp_path / "r2", progress=False)
+        Trainer(load_config(TrainConfig, TINY, [*data, "model.detail=16", "steps=1"]), tmp_path / "r2", progress=False)

@@ -168,9 +168,6 @@ def generator_adversarial_loss(critic: nn.Module, fake: Tensor) -> Tensor:
     return -critic_score(critic, fake).mean()
 
 
-_GREY = (0.298936021293775, 0.587043074451121, 0.114020904255103)  # MATLAB rgb2gray
-
-
 def mef_ssim_loss(y: Tensor, sources: tuple[Tensor, ...] | list[Tensor]) -> Tensor:
     """``1 − MEF-SSIM(y; sources)``, batch mean, differentiable in ``y``.
 
@@ -184,13 +181,14 @@ def mef_ssim_loss(y: Tensor, sources: tuple[Tensor, ...] | list[Tensor]) -> Tens
     Returns:
         Scalar loss in [0, 2] (0 when the structure of every window is the ideal one).
     """
+    from crmef.metrics.color import MATLAB_GRAY
     from crmef.metrics.mef_ssim import mef_ssim_gray
 
     if len(sources) < 2:
         raise ValueError(f"the MEF-SSIM loss needs at least two source frames, got {len(sources)}")
     for s in sources:
         _check(y, s)
-    k = torch.tensor(_GREY, dtype=torch.float64, device=y.device).view(1, 3, 1, 1)
+    k = torch.tensor(MATLAB_GRAY, dtype=torch.float64, device=y.device).view(1, 3, 1, 1)
 
     def grey(x: Tensor) -> Tensor:
         return (x.to(torch.float64).clamp(0.0, 1.0) * 255.0 * k).sum(1, keepdim=True)
@@ -200,7 +198,8 @@ def mef_ssim_loss(y: Tensor, sources: tuple[Tensor, ...] | list[Tensor]) -> Tens
 
 
 class FusionLoss(nn.Module):
-    """The generator objective ``w_int ℓ_Int + β1 ℓ_Gra + β2 ℓ_Dis``.
+    """The generator objective ``w_int ℓ_Int + β1 ℓ_Gra + β2 ℓ_Dis`` (``+ w_mef (1 − MEF-SSIM)``
+    when ``cfg.mef_ssim > 0``).
 
     Args:
         cfg: weights.

@@ -191,9 +191,11 @@ class TrainConfig:
         if self.data.crop < min_crop:
             raise ConfigError(f"data.crop={self.data.crop} is too small: the critic with {self.critic.layers} "
                               f"down-sampling layers needs crops of at least {min_crop} pixels")
-        if self.loss.mef_ssim > 0 and self.data.crop < 44:
+        from crmef.metrics.mef_ssim import MIN_SIDE
+
+        if self.loss.mef_ssim > 0 and self.data.crop < MIN_SIDE:
             raise ConfigError(f"data.crop={self.data.crop} is too small for loss.mef_ssim: MEF-SSIM's three scales "
-                              "of 11x11 windows need crops of at least 44 pixels")
+                              f"of 11x11 windows need crops of at least {MIN_SIDE} pixels")
         if not 0 < self.optim.lr_min <= self.optim.lr:
             raise ConfigError(f"optim.lr_min must be in (0, optim.lr], got {self.optim.lr_min} and {self.optim.lr}")
         if self.model.prior not in PRIORS:

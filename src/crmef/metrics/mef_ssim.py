@@ -21,6 +21,8 @@ from crmef.errors import InputError
 from crmef.metrics.color import as_batch, box_window, filter_valid, gaussian_window, matlab_gray_uint8
 
 SCALE_WEIGHTS = (0.0448, 0.2856, 0.3001)
+MIN_SIDE = 11 * 2 ** (len(SCALE_WEIGHTS) - 1)
+"""Shortest image side (pixels) the default three scales of 11x11 windows need (44)."""
 _EPS = 2.220446049250313e-16  # MATLAB eps
 
 

@@ -79,11 +79,10 @@ def prior_image(kind: str, under: Tensor, over: Tensor) -> Tensor:
 def gaussian_taps(sigma: float, channels: int = 3) -> tuple[Tensor, Tensor]:
     """Separable Gaussian kernels of the 1/8-resolution stage of :func:`lowpass` (``sigma / 8``,
     radius 3σ), as depthwise conv weights: ``((C,1,1,K), (C,1,K,1))``."""
+    from crmef.metrics.color import gaussian_window  # lazy: keeps the metrics out of a plain net import
+
     s = sigma / 8.0
-    r = max(1, int(3.0 * s + 0.5))
-    t = torch.arange(-r, r + 1, dtype=torch.float32)
-    k = torch.exp(-(t * t) / (2.0 * s * s))
-    k = k / k.sum()
+    k = gaussian_window(2 * max(1, int(3.0 * s + 0.5)) + 1, s, torch.float32)
     return k.view(1, 1, 1, -1).repeat(channels, 1, 1, 1), k.view(1, 1, -1, 1).repeat(channels, 1, 1, 1)
 
 
@@ -165,10 +164,6 @@ class PriorBlend(nn.Module):
             logits = torch.cat([logits, self.detail_head(trunk)], 1)
         w = torch.sigmoid(F.interpolate(logits, size=y.shape[-2:], mode="bilinear", align_corners=False))
         return (w[:, :3], w[:, 3:]) if self.detail_head is not None else (w, None)
-
-    def weight_map(self, y: Tensor, p: Tensor, under: Tensor, over: Tensor) -> Tensor:
-        """Blend weights ``w``: (B,3,H,W) x4 -> (B,3,H,W) in (0, 1)."""
-        return self.weight_maps(y, p, under, over)[0]
 
     def forward(self, y: Tensor, p: Tensor, under: Tensor, over: Tensor) -> Tensor:
         w, wd = self.weight_maps(y, p, under, over)
