@@ -18,7 +18,7 @@ from crmef.errors import ConfigError
 from crmef.inference import receptive_field, run_fast, run_full
 from crmef.models import load_model, save_model
 from crmef.nets import FusionNet, NetConfig
-from crmef.nets.prior import PriorBlend, lowpass, prior_array, prior_image
+from crmef.nets.prior import PriorBlend, gaussian_taps, lowpass, prior_array, prior_image
 from crmef.space import get_preset
 from crmef.train import Trainer, TrainConfig
 
@@ -26,9 +26,10 @@ ROOT = Path(__file__).resolve().parents[1]
 torch.set_num_threads(1)
 
 
-def _net(prior: str = "mertens", seed: int = 0, detail: int = 0) -> FusionNet:
+def _net(prior: str = "mertens", seed: int = 0, detail: int = 0, headroom: int = 0) -> FusionNet:
     torch.manual_seed(seed)
-    net = FusionNet.from_genotype(get_preset("general"), channels=4, prior=prior, detail=detail).eval()
+    net = FusionNet.from_genotype(get_preset("general"), channels=4, prior=prior, detail=detail,
+                                  headroom=headroom).eval()
     if net.blend is not None:  # a trained-looking blend (the zero-initialised last conv would hide bugs)
         torch.nn.init.normal_(net.blend.net[-1].weight, std=0.3)
         if net.blend.detail_head is not None:
@@ -127,6 +128,45 @@ def test_detail_transfer_takes_the_priors_detail_and_keeps_the_networks_tone() -
     assert set(with_detail) - set(plain) == {"detail_head.weight", "detail_head.bias"}
 
 
+def test_headroom_keeps_the_transferred_detail_instead_of_clipping_it() -> None:
+    """A bright network base (0.95) plus the prior's detail (±0.2) leaves [0, 1]; with headroom the
+    base is lowered there by a smooth envelope, so the detail survives the final clip; where the
+    output is in range the result is unchanged."""
+    h, w = 96, 352
+    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    bright = (xx < 48).float().expand(1, 3, h, w)  # left: bright base; right: mid grey
+    y = 0.5 + 0.45 * bright
+    fine = 0.2 * torch.sign(torch.sin(2 * torch.pi * xx / 4)) * torch.sign(torch.sin(2 * torch.pi * yy / 4))
+    p = (0.5 + fine).expand(1, 3, h, w)
+    u, o = _pair(h, w)
+    outs = {}
+    for headroom in (0, 64):
+        blend = PriorBlend(detail=8, headroom=headroom)
+        with torch.no_grad():
+            blend.net[-1].bias.fill_(-40.0)
+            blend.detail_head.bias.fill_(40.0)  # type: ignore[union-attr]
+            outs[headroom] = blend(y, p, u, o)
+    clipped = {k: v.clamp(0, 1) for k, v in outs.items()}
+
+    def contrast(x: torch.Tensor) -> float:  # std of the fine pattern inside the bright region
+        return float(x[..., 24:72, 8:40].std())
+
+    excess = {k: float(v[..., 24:72, 8:40].amax()) - 1 for k, v in outs.items()}
+    assert excess[0] > 0.1 and excess[64] < 0.5 * excess[0]
+    assert contrast(clipped[64]) > 1.3 * contrast(clipped[0])  # measured 0.177 vs 0.131 (prior: 0.200)
+    assert contrast(clipped[64]) > 0.85 * 0.2
+    far = (slice(None), slice(None), slice(None), slice(48 + 4 * 64, None))  # 4 sigma from the bright region
+    torch.testing.assert_close(outs[64][far], outs[0][far], atol=1e-4, rtol=0)
+    # the envelope moves all channels alike and keeps dark inputs' detail the same way (shift up)
+    dark = blend(0.02 + 0 * y, p - 0.5, u, o)
+    assert float(dark.amin()) > -0.02
+    peak = torch.zeros(1, 1, 32, 32)
+    peak[..., 16, 16] = 1.0
+    taps = gaussian_taps(16.0, 1)
+    ratio = lowpass(peak, 16, taps, pool="max").amax() / lowpass(peak, 16, taps).amax()
+    assert abs(float(ratio) - 64) < 1e-2  # max pooling: a one-pixel excess counts as its whole 8x8 cell
+
+
 def test_prior_errors_are_clear() -> None:
     u, o = _pair(16, 16)
     with pytest.raises(ValueError, match="prior given to a network without one"):
@@ -139,28 +179,35 @@ def test_prior_errors_are_clear() -> None:
         NetConfig(detail=32)
     with pytest.raises(ValueError, match="detail must be"):
         NetConfig(prior="mertens", detail=-1)
+    with pytest.raises(ValueError, match="headroom keeps the transferred detail in range: it needs detail"):
+        NetConfig(prior="mertens", headroom=64)
+    with pytest.raises(ValueError, match="headroom must be"):
+        NetConfig(prior="mertens", detail=32, headroom=-2)
+    with pytest.raises(ValueError, match="it needs detail"):
+        PriorBlend(headroom=64)
     with pytest.raises(ValueError, match="unknown prior"):
         prior_array("reinhard", u[0].permute(1, 2, 0).numpy(), o[0].permute(1, 2, 0).numpy())
 
 
-@pytest.mark.parametrize("detail", [0, 16])
-def test_card_round_trip(tmp_path: Path, detail: int) -> None:
-    net = _net(detail=detail)
+@pytest.mark.parametrize(("detail", "headroom"), [(0, 0), (16, 0), (16, 32)])
+def test_card_round_trip(tmp_path: Path, detail: int, headroom: int) -> None:
+    net = _net(detail=detail, headroom=headroom)
     w, card = save_model(net, tmp_path / "m", {"name": "p"})
     assert json.loads(card.read_text())["prior"] == "mertens"
     assert json.loads(card.read_text())["detail"] == detail
+    assert json.loads(card.read_text())["headroom"] == headroom
     back = load_model(w)
-    assert back.config.prior == "mertens" and back.config.detail == detail
+    assert back.config.prior == "mertens" and back.config.detail == detail and back.config.headroom == headroom
     u, o = _pair(24, 24)
     with torch.no_grad():
         torch.testing.assert_close(back(u, o), net(u, o))
 
 
-@pytest.mark.parametrize("detail", [0, 32])
-def test_tiles_get_the_whole_image_prior(detail: int) -> None:
+@pytest.mark.parametrize(("detail", "headroom"), [(0, 0), (32, 0), (32, 64)])
+def test_tiles_get_the_whole_image_prior(detail: int, headroom: int) -> None:
     """Tiled inference equals untiled inference: each tile gets its crop of the global prior
     (and the detail transfer's low-pass, a global operator, runs once on the whole image)."""
-    net = _net(detail=detail)
+    net = _net(detail=detail, headroom=headroom)
     rng = np.random.default_rng(0)
     base = rng.random((150, 170, 3), dtype=np.float32)
     u, o = base * 0.4, np.clip(0.5 + base * 0.5, 0, 1).astype(np.float32)
@@ -172,12 +219,12 @@ def test_tiles_get_the_whole_image_prior(detail: int) -> None:
     assert fast.shape == u.shape and np.isfinite(fast).all()
 
 
-@pytest.mark.parametrize("detail", [0, 32])
-def test_onnx_parity_with_prior_input(tmp_path: Path, detail: int) -> None:
+@pytest.mark.parametrize(("detail", "headroom"), [(0, 0), (32, 0), (32, 64)])
+def test_onnx_parity_with_prior_input(tmp_path: Path, detail: int, headroom: int) -> None:
     ort = pytest.importorskip("onnxruntime")
     from crmef.commands.export import export_onnx
 
-    net = _net(detail=detail)
+    net = _net(detail=detail, headroom=headroom)
     path = export_onnx(net, tmp_path / "p.onnx")
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [i.name for i in sess.get_inputs()] == ["under", "over", "prior"]

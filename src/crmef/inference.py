@@ -50,7 +50,7 @@ import torch.nn.functional as F
 
 from crmef.errors import InputError
 from crmef.nets.fusion import FusionNet
-from crmef.nets.prior import prior_array
+from crmef.nets.prior import prealign_array, prior_array
 from crmef.utils import resolve_device
 
 MODES = ("auto", "fast", "full")
@@ -276,12 +276,16 @@ def run_full(
     A net with a prior runs in two passes: its network without the blend on tiles of the inputs
     padded to its multiple (as its forward pads them), then the blend once on the whole image
     with the whole image's prior (a global operator) — the blend's 1/8-resolution context never
-    widens the tile overlap.
+    widens the tile overlap. The inputs are taken as prepared: a net with
+    ``NetConfig.prealign`` gets them pre-aligned (:func:`fuse_pair` does it).
     """
     device = torch.device(device)
     h, w = under.shape[:2]
     if tile is None and h * w * bytes_per_pixel(net) <= max_memory:
-        return _to_numpy(net(_to_tensor(under, device), _to_tensor(over, device)))
+        # the prior of the pair as given: a pre-aligning net gets its under frame pre-aligned
+        # by fuse_pair and must not align it again
+        p = _to_tensor(prior_array(net.config.prior, under, over), device) if net.blend is not None else None
+        return _to_numpy(net(_to_tensor(under, device), _to_tensor(over, device), p))
     if net.blend is None:
         return _tiled(net, under, over, tile, max_memory, feather, device, progress)
     ph, pw, reflect = net.padding(h, w)
@@ -403,7 +407,8 @@ def run_fast(
     application at full resolution in row strips. (H, W, 3) x2 -> (H, W, 3) float32.
 
     A net with ``illum_smooth = r`` smooths its illumination map at the reduced size, i.e. over
-    ``r`` reduced pixels (a wider footprint at full resolution than in full mode)."""
+    ``r`` reduced pixels (a wider footprint at full resolution than in full mode). The inputs are
+    taken as prepared (pre-aligned for a net with ``NetConfig.prealign``; :func:`fuse_pair`)."""
     device = torch.device(device)
     h, w = under.shape[:2]
     lh, lw = _reduced_size(h, w, fast_size, net.multiple)
@@ -437,7 +442,8 @@ def run_fast(
         return out
     # direct head, alignment or Mertens prior (of the reduced pair): transfer the low-res output
     # as a ratio to the base (I_U+I_O)/2
-    yl = _to_numpy(net(tu, to))
+    pl = _to_tensor(prior_array(net.config.prior, ul, ol), device) if net.blend is not None else None
+    yl = _to_numpy(net(tu, to, pl))
     base_l = 0.5 * (ul + ol)
     ratio = yl / (base_l + 1e-2)
     cb = np.concatenate(guided_coefficients(luma(base_l), ratio, gf_radius, gf_eps), axis=2)
@@ -459,7 +465,11 @@ def resolve_mode(mode: str, device: torch.device, pixels: int, threshold_mp: flo
 
 
 def fuse_pair(net: FusionNet, under: np.ndarray, over: np.ndarray, cfg: FuseConfig, device: torch.device) -> np.ndarray:
-    """Fuse one (under, over) pair of (H, W, 3) float32 arrays with ``cfg`` -> (H, W, 3)."""
+    """Fuse one (under, over) pair of (H, W, 3) float32 arrays with ``cfg`` -> (H, W, 3).
+
+    A net with ``NetConfig.prealign`` gets the under frame pre-aligned onto the over frame here,
+    once for the whole image (the modes below take their inputs as prepared)."""
+    under = prealign_array(net.config.prealign, under, over)
     mode = resolve_mode(cfg.mode, device, under.shape[0] * under.shape[1], cfg.fast_threshold_mp)
     if mode == "fast":
         return run_fast(net, under, over, cfg.fast_size, cfg.gf_radius, cfg.gf_eps, device)

@@ -117,6 +117,9 @@ def build_from_card(card: dict[str, Any], where: str = "model card") -> FusionNe
             illum_smooth=int(card.get("illum_smooth", 0)),
             prior=str(card.get("prior", "none")),
             detail=int(card.get("detail", 0)),
+            headroom=int(card.get("headroom", 0)),
+            prealign=str(card.get("prealign", "none")),
+            align_mode=str(card.get("align_mode", "features")),
         )
     except (ValueError, TypeError, KeyError) as exc:
         raise InputError(f"{where}: invalid model description ({exc})") from exc
@@ -156,7 +159,7 @@ def save_model(net: FusionNet, path: str | os.PathLike[str], card: dict[str, Any
     """Save ``net`` as ``<path>.safetensors`` plus the model card ``<path>.json``, atomically.
 
     The structural keys (``genotype``, ``channels``, ``cascades``, ``head``, ``eps``,
-    ``illum_smooth``, ``prior``, ``detail``) are filled
+    ``illum_smooth``, ``prior``, ``detail``, ``headroom``, ``prealign``, ``align_mode``) are filled
     from the network itself, so the card always describes the weights; ``card`` supplies
     ``name``, ``training``, ``metrics`` and anything else (kept as given).
 
@@ -188,6 +191,9 @@ def save_model(net: FusionNet, path: str | os.PathLike[str], card: dict[str, Any
         illum_smooth=cfg.illum_smooth,
         prior=cfg.prior,
         detail=cfg.detail,
+        headroom=cfg.headroom,
+        prealign=cfg.prealign,
+        align_mode=cfg.align_mode,
     )
     full.setdefault("training", {})
     full.setdefault("metrics", {})

@@ -94,8 +94,15 @@ class ModelSpec:
         prior: ``"none"`` (the paper), ``"mertens"`` or ``"flow_mertens"`` (learned blend with that
             classical fusion of the inputs; :mod:`crmef.nets.prior`).
         detail: low-pass scale (pixels) of the prior's learned detail transfer (0: none).
+        headroom: envelope scale (pixels) that keeps the transferred detail in [0, 1] (0: clip).
+        prealign: ``"none"`` or ``"flow"`` (the under frame warped onto the over frame by optical
+            flow before the network; needs ``prior: mertens``).
+        align_mode: ``"features"`` (the paper's DASM) or ``"residual"`` (DASM corrects the relit
+            under image; :class:`~crmef.nets.fusion.NetConfig`).
         init_from: optional ``.safetensors`` model (or checkpoint ``model.safetensors``) whose
-            tensors of matching name and shape initialise the network (fine-tuning).
+            tensors of matching name and shape initialise the network (fine-tuning); or a list
+            of such paths and ``{path, prefix}`` entries (only tensors under ``prefix``), loaded
+            in order, later entries overriding earlier ones.
     """
 
     genotype: str = "general"
@@ -105,7 +112,10 @@ class ModelSpec:
     illum_smooth: int = 0
     prior: str = "none"
     detail: int = 0
-    init_from: str | None = None
+    headroom: int = 0
+    prealign: str = "none"
+    align_mode: str = "features"
+    init_from: str | list[str | dict[str, str]] | None = None
 
 
 @dataclass
@@ -202,9 +212,9 @@ class TrainConfig:
             raise ConfigError(f"model.prior must be one of {', '.join(PRIORS)}, got {self.model.prior!r}")
         # A net with a prior takes it as an input: the data pipeline supplies it (DataConfig
         # validates the combination, e.g. no Mertens prior on misaligned pairs).
-        self.data = replace(self.data, prior=self.model.prior)
+        self.data = replace(self.data, prior=self.model.prior, prealign=self.model.prealign)
         if self.val is not None:
-            self.val = replace(self.val, prior=self.model.prior)
+            self.val = replace(self.val, prior=self.model.prior, prealign=self.model.prealign)
 
 
 @dataclass
@@ -252,23 +262,43 @@ def build_net(spec: ModelSpec) -> FusionNet:
     try:
         net = FusionNet.from_genotype(genotype, channels=spec.channels, cascades=spec.cascades, head=spec.head,
                                        illum_smooth=spec.illum_smooth, prior=spec.prior,
-                                       detail=spec.detail)
+                                       detail=spec.detail, headroom=spec.headroom, prealign=spec.prealign, align_mode=spec.align_mode)
     except ValueError as exc:
         raise ConfigError(f"model: {exc}") from exc
     if spec.init_from:
-        path = Path(spec.init_from).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"model.init_from: {path} not found")
-        try:
-            src = load_file(str(path))
-        except Exception as exc:  # safetensors raises its own error types
-            raise ConfigError(f"model.init_from: {path} is not a readable safetensors file ({exc})") from exc
-        own = net.state_dict()
-        matched = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape}
-        if not matched:
-            raise ConfigError(f"model.init_from: no tensor of {path} matches the network (names/shapes differ)")
-        net.load_state_dict(matched, strict=False)
+        entries = spec.init_from if isinstance(spec.init_from, list) else [spec.init_from]
+        for entry in entries:
+            _init_part(net, entry)
     return net
+
+
+def _init_part(net: FusionNet, entry: str | dict[str, str]) -> None:
+    """Load the tensors of one ``model.init_from`` entry whose names and shapes match ``net``:
+    a path, or ``{path: ..., prefix: ...}`` (only tensors whose names start with ``prefix``).
+
+    Raises:
+        ConfigError: missing or unreadable file, a bad entry, or nothing that matches.
+    """
+    if isinstance(entry, dict):
+        unknown = set(entry) - {"path", "prefix"}
+        if "path" not in entry or unknown:
+            raise ConfigError(f"model.init_from: an entry is a path or {{path, prefix}}, got {entry!r}")
+        where, prefix = str(entry["path"]), str(entry.get("prefix", ""))
+    else:
+        where, prefix = str(entry), ""
+    path = Path(where).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"model.init_from: {path} not found")
+    try:
+        src = load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error types
+        raise ConfigError(f"model.init_from: {path} is not a readable safetensors file ({exc})") from exc
+    own = net.state_dict()
+    matched = {k: v for k, v in src.items() if k.startswith(prefix) and k in own and own[k].shape == v.shape}
+    if not matched:
+        raise ConfigError(f"model.init_from: no tensor of {path}{f' under {prefix!r}' if prefix else ''} "
+                          f"matches the network (names/shapes differ)")
+    net.load_state_dict(matched, strict=False)
 
 
 class EpochSampler(Sampler[int]):

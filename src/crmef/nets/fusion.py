@@ -5,7 +5,9 @@ Data flow for an under-exposed ``I_U`` and an over-exposed ``I_O`` (RGB in [0, 1
 1. Relighting, ``cascades`` stages, separate weights per exposure and stage:
    ``I_U ← I_U ⊗ S_U^s(I_U)``, ``I_O ← I_O ⊗ S_O^s(I_O)``.
 2. Without alignment: ``F_A = I_U + I_O`` (3 channels). With alignment (DASM):
-   ``F_A = PCD(F_U, F_O) + F_O`` (C channels).
+   ``F_A = PCD(F_U, F_O) + F_O`` (C channels); or, with ``align_mode = "residual"`` (not in the
+   paper), ``F_A = (I_U + conv(PCD(F_U, F_O))) + I_O`` (3 channels, a zero-initialised
+   correction of the relit under image).
 3. DRM at width 2C produces 3 logits ``z``. Heads:
 
    - ``retinex``: illumination ``R = ε + (1-ε)·σ(z)`` and ``y = B ⊘ R`` where the base ``B`` is
@@ -23,6 +25,11 @@ Data flow for an under-exposed ``I_U`` and an over-exposed ``I_O`` (RGB in [0, 1
    (:class:`~crmef.nets.prior.PriorBlend`): the network learns where the classical fusion is the
    better estimate and where its own output is.
 
+0. Optionally (``prealign = "flow"``, not in the paper) the under frame is first warped onto the
+   over frame by DIS optical flow, on the whole image (:meth:`FusionNet.prepare`); the network
+   (and its DASM, if any) then handles what the flow leaves: residual misalignment, occlusions,
+   flow errors.
+
 The same class is the super-net (every slot a mixed :class:`~crmef.space.Choice`) and the derived
 net (every slot one op), built by :meth:`FusionNet.supernet` and :meth:`FusionNet.from_genotype`.
 """
@@ -38,11 +45,12 @@ from torch import Tensor, nn
 
 from crmef.nets.dasm import DASM
 from crmef.nets.drm import DRM
-from crmef.nets.prior import PRIORS, PriorBlend, prior_image
+from crmef.nets.prior import PREALIGNS, PRIORS, PriorBlend, prealign_image, prior_image
 from crmef.nets.srsm import SRSM
 from crmef.space import DASM_SLOTS, SRSM_SLOTS, Choice, Genotype, SearchSpace
 
 HEADS = ("retinex", "direct")
+ALIGN_MODES = ("features", "residual")
 
 
 @dataclass
@@ -62,6 +70,17 @@ class NetConfig:
             with that classical fusion of the inputs (module docstring, step 4).
         detail: low-pass scale σ in pixels of the prior's detail transfer (0: none; needs a
             prior; :class:`~crmef.nets.prior.PriorBlend`).
+        headroom: envelope scale σ_h in pixels that keeps the transferred detail inside [0, 1]
+            (0: clip it; needs ``detail``; :class:`~crmef.nets.prior.PriorBlend`).
+        prealign: ``"none"`` or ``"flow"``: warp the under frame onto the over frame by DIS
+            optical flow before the network (whole image, not differentiable; needs
+            ``prior = "mertens"``, which then is the flow-then-Mertens fusion;
+            :func:`~crmef.nets.prior.prealign_image`).
+        align_mode: with alignment, ``"features"`` (the paper: ``F_A = PCD(F_U, F_O) + F_O``, C
+            channels into the DRM) or ``"residual"`` (the PCD-aligned features, through a
+            zero-initialised 3×3 convolution, correct the relit under image:
+            ``F_A = (I_U + conv(PCD(F_U, F_O))) + I_O``, 3 channels, the layout of the network
+            without alignment, so its weights initialise this one and it starts as that network).
         space: candidate ops per slot kind (super-net only).
     """
 
@@ -74,6 +93,9 @@ class NetConfig:
     illum_smooth: int = 0
     prior: str = "none"
     detail: int = 0
+    headroom: int = 0
+    prealign: str = "none"
+    align_mode: str = "features"
     space: SearchSpace = field(default_factory=SearchSpace)
 
     def __post_init__(self) -> None:
@@ -97,6 +119,17 @@ class NetConfig:
             raise ValueError(f"detail must be an integer low-pass scale in pixels, 0..512, got {self.detail!r}")
         if self.detail and self.prior == "none":
             raise ValueError("detail transfer needs a prior (prior 'mertens' or 'flow_mertens')")
+        if not isinstance(self.headroom, int) or isinstance(self.headroom, bool) or not 0 <= self.headroom <= 512:
+            raise ValueError(f"headroom must be an integer envelope scale in pixels, 0..512, got {self.headroom!r}")
+        if self.headroom and not self.detail:
+            raise ValueError("headroom keeps the transferred detail in range: it needs detail > 0")
+        if self.prealign not in PREALIGNS:
+            raise ValueError(f"prealign must be one of {PREALIGNS}, got {self.prealign!r}")
+        if self.prealign != "none" and self.prior != "mertens":
+            raise ValueError(f"prealign {self.prealign!r} needs prior 'mertens' (the Mertens fusion of the pre-aligned "
+                             f"pair; it runs on the whole image with the pre-alignment), got prior {self.prior!r}")
+        if self.align_mode not in ALIGN_MODES:
+            raise ValueError(f"align_mode must be one of {ALIGN_MODES}, got {self.align_mode!r}")
 
 
 class _ClipST(torch.autograd.Function):
@@ -184,10 +217,18 @@ class FusionNet(nn.Module):
         self.genotype_given = genotype
         self.srsm = nn.ModuleList(SRSM(c, ops) for ops in srsm_ops)
         self.dasm = DASM(c, dasm_ops) if dasm_ops is not None else None
-        drm_in = c if self.dasm is not None else 3
+        residual = self.dasm is not None and config.align_mode == "residual"
+        drm_in = c if (self.dasm is not None and not residual) else 3
         self.drm = DRM(drm_in, 2 * c, drm_ops)
-        self.to_rgb = nn.Conv2d(c, 3, 3, padding=1) if (self.dasm is not None and config.head == "retinex") else None
-        self.blend = PriorBlend(detail=config.detail) if config.prior != "none" else None
+        self.to_rgb = (nn.Conv2d(c, 3, 3, padding=1)
+                       if (self.dasm is not None and not residual and config.head == "retinex") else None)
+        self.align_out: nn.Conv2d | None = None
+        if residual:  # zero-initialised: the net starts as the one without alignment
+            self.align_out = nn.Conv2d(c, 3, 3, padding=1)
+            nn.init.zeros_(self.align_out.weight)
+            nn.init.zeros_(self.align_out.bias)
+        self.blend = (PriorBlend(detail=config.detail, headroom=config.headroom)
+                      if config.prior != "none" else None)
 
     # ---------------------------------------------------------------- construction helpers
     @classmethod
@@ -206,6 +247,9 @@ class FusionNet(nn.Module):
         illum_smooth: int = 0,
         prior: str = "none",
         detail: int = 0,
+        headroom: int = 0,
+        prealign: str = "none",
+        align_mode: str = "features",
     ) -> FusionNet:
         """The compact derived network of ``genotype``.
 
@@ -214,7 +258,7 @@ class FusionNet(nn.Module):
         head = head or ("direct" if genotype.align else "retinex")
         cfg = NetConfig(channels=channels, cascades=cascades, align=genotype.align, head=head,
                         drm_blocks=len(genotype.drm), eps=eps, illum_smooth=illum_smooth,
-                        prior=prior, detail=detail)
+                        prior=prior, detail=detail, headroom=headroom, prealign=prealign, align_mode=align_mode)
         return cls(cfg, genotype=genotype)
 
     # ---------------------------------------------------------------- search interface
@@ -288,6 +332,10 @@ class FusionNet(nn.Module):
         if self.dasm is None:
             fa = u + o
             return fa, fa
+        if self.align_out is not None:  # residual: aligned features correct the relit under image
+            fa, fo = self.dasm(u, o)
+            fa = u + self.align_out(fa - fo) + o
+            return fa, fa
         fa, _ = self.dasm(u, o)
         base = self.to_rgb(fa) if self.to_rgb is not None else fa
         return fa, base
@@ -311,13 +359,14 @@ class FusionNet(nn.Module):
     def forward(self, under: Tensor, over: Tensor, prior: Tensor | None = None) -> Tensor:
         """Fuse a pair. For nets with a prior (``NetConfig.prior``), ``prior`` is that fusion of the
         *whole* images (same shape as the inputs; tiled inference and the trainer pass crops of
-        it); when None it is computed from ``under`` and ``over`` as given. Must be None for
-        other nets."""
+        it); when None it is computed from ``under`` and ``over`` as given (:meth:`prepare`: with
+        ``prealign`` the under frame is pre-aligned first). Given a prior, the inputs are taken as
+        prepared (pre-aligned). Must be None for other nets."""
         check_pair(under, over)
         if prior is not None and (self.blend is None or prior.shape != under.shape):
             raise ValueError("prior given to a network without one, or of a different shape than the inputs")
         if self.blend is not None and prior is None:
-            prior = prior_image(self.config.prior, under, over)
+            under, prior = self.prepare(under, over)
         squeeze = under.dim() == 3
         if squeeze:
             under, over = under.unsqueeze(0), over.unsqueeze(0)
@@ -335,6 +384,14 @@ class FusionNet(nn.Module):
             y = self.blend(y, prior, under, over)
         y = y[..., :h, :w]
         return y.squeeze(0) if squeeze else y
+
+    def prepare(self, under: Tensor, over: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The whole-image, non-differentiable inputs of :meth:`forward`: the under frame
+        pre-aligned (``NetConfig.prealign``; unchanged without) and the prior (None without).
+        ``(B,3,H,W) x2 -> ((B,3,H,W), (B,3,H,W) | None)`` (or 3-D)."""
+        under = prealign_image(self.config.prealign, under, over)
+        prior = prior_image(self.config.prior, under, over) if self.blend is not None else None
+        return under, prior
 
     def fuse_raw(self, under: Tensor, over: Tensor) -> Tensor:
         """The network without its prior blend, on inputs already padded to :attr:`multiple`:

@@ -7,6 +7,10 @@
   first and rejected: Mertens's result depends strongly on the pyramid depth (on a 536×356
   bracket, 7 instead of 8 levels moves it by 21 dB PSNR), so only the full-depth, whole-image
   fusion is a faithful prior; it therefore enters the network as an input.
+- :func:`prealign_image` / :func:`prealign_array` — ``NetConfig.prealign = "flow"``: the under
+  frame warped onto the over frame by DIS optical flow before the network (hand-held brackets;
+  with the Mertens prior, that prior is then the flow-then-Mertens fusion). Computed once on the
+  whole image, like the prior.
 - :class:`PriorBlend` — a small CNN at 1/8 resolution that predicts, per pixel and channel, how
   far to move the network's output ``y`` towards the prior ``p``: ``y + w ⊙ (p − y)``,
   ``w ∈ (0, 1)``, bilinearly upsampled (a smooth, tonal decision with a wide context).
@@ -27,6 +31,8 @@ Mertens's, while Mertens keeps the sources' local structure far better (MEF-SSIM
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -35,6 +41,25 @@ from torch import Tensor, nn
 
 PRIORS = ("none", "mertens", "flow_mertens")
 """Prior kinds of :attr:`crmef.nets.NetConfig.prior`."""
+
+PREALIGNS = ("none", "flow")
+"""Pre-alignment kinds of :attr:`crmef.nets.NetConfig.prealign`."""
+
+
+def prealign_array(kind: str, under: np.ndarray, over: np.ndarray) -> np.ndarray:
+    """The under frame pre-aligned onto the over frame, numpy: ``(H,W,3) x2 -> (H,W,3)`` float32.
+
+    ``"flow"``: warped by DIS optical flow on histogram-matched grey (:func:`crmef.baselines.align_to`,
+    the alignment of the flow-then-Mertens baseline); ``"none"``: ``under`` unchanged (float32).
+    Like the prior it is computed once on the whole image, outside the network.
+    """
+    if kind == "none":
+        return np.asarray(under, dtype=np.float32)
+    if kind == "flow":
+        from crmef.baselines import align_to  # baselines layer, imported lazily
+
+        return align_to(under, over)
+    raise ValueError(f"unknown prealign {kind!r}; use one of {PREALIGNS}")
 
 
 def prior_array(kind: str, under: np.ndarray, over: np.ndarray) -> np.ndarray:
@@ -57,6 +82,19 @@ def prior_array(kind: str, under: np.ndarray, over: np.ndarray) -> np.ndarray:
     raise ValueError(f"unknown prior {kind!r}; use one of {PRIORS[1:]}")
 
 
+def _per_item(fn: Callable[[np.ndarray, np.ndarray], np.ndarray], under: Tensor, over: Tensor) -> Tensor:
+    """Apply a numpy pair function ``fn((H,W,3), (H,W,3)) -> (H,W,3)`` to every item of a batch,
+    on the CPU: ``(B,3,H,W) x2 -> (B,3,H,W)`` (or ``(3,H,W)`` x2), on the inputs' device and dtype."""
+    squeeze = under.dim() == 3
+    u = under.unsqueeze(0) if squeeze else under
+    o = over.unsqueeze(0) if squeeze else over
+    un = u.detach().float().cpu().permute(0, 2, 3, 1).numpy()
+    on = o.detach().float().cpu().permute(0, 2, 3, 1).numpy()
+    out = torch.stack([torch.from_numpy(fn(a, b)).permute(2, 0, 1) for a, b in zip(un, on)])
+    out = out.to(device=under.device, dtype=under.dtype)
+    return out.squeeze(0) if squeeze else out
+
+
 def prior_image(kind: str, under: Tensor, over: Tensor) -> Tensor:
     """The prior of a batch of pairs (:func:`prior_array` per item, computed on the CPU).
 
@@ -66,14 +104,15 @@ def prior_image(kind: str, under: Tensor, over: Tensor) -> Tensor:
 
     Shapes: ``(B,3,H,W) x2 -> (B,3,H,W)`` (or ``(3,H,W)`` x2), on the inputs' device and dtype.
     """
-    squeeze = under.dim() == 3
-    u = under.unsqueeze(0) if squeeze else under
-    o = over.unsqueeze(0) if squeeze else over
-    un = u.detach().float().cpu().permute(0, 2, 3, 1).numpy()
-    on = o.detach().float().cpu().permute(0, 2, 3, 1).numpy()
-    out = torch.stack([torch.from_numpy(prior_array(kind, a, b)).permute(2, 0, 1) for a, b in zip(un, on)])
-    out = out.to(device=under.device, dtype=under.dtype)
-    return out.squeeze(0) if squeeze else out
+    return _per_item(lambda a, b: prior_array(kind, a, b), under, over)
+
+
+def prealign_image(kind: str, under: Tensor, over: Tensor) -> Tensor:
+    """:func:`prealign_array` of a batch of pairs (per item, on the CPU): ``(B,3,H,W) x2 ->
+    (B,3,H,W)`` (or ``(3,H,W)`` x2), on the inputs' device and dtype; ``under`` itself for ``"none"``."""
+    if kind == "none":
+        return under
+    return _per_item(lambda a, b: prealign_array(kind, a, b), under, over)
 
 
 def gaussian_taps(sigma: float, channels: int = 3) -> tuple[Tensor, Tensor]:
@@ -86,12 +125,14 @@ def gaussian_taps(sigma: float, channels: int = 3) -> tuple[Tensor, Tensor]:
     return k.view(1, 1, 1, -1).repeat(channels, 1, 1, 1), k.view(1, 1, -1, 1).repeat(channels, 1, 1, 1)
 
 
-def lowpass(x: Tensor, sigma: float, taps: tuple[Tensor, Tensor] | None = None) -> Tensor:
+def lowpass(x: Tensor, sigma: float, taps: tuple[Tensor, Tensor] | None = None, pool: str = "avg") -> Tensor:
     """Smooth low-pass of scale ``sigma`` pixels, computed at 1/8 resolution.
 
     Average pooling by 8 (partial last windows average their valid pixels), a separable Gaussian
     of ``sigma / 8`` with replicated borders, bilinear upsampling to the input size: about a
-    Gaussian of ``sigma`` at a 64th of its cost (no huge kernel at full resolution).
+    Gaussian of ``sigma`` at a 64th of its cost (no huge kernel at full resolution). With
+    ``pool="max"`` the pooling takes each 8×8 window's maximum: a smooth upper envelope of
+    sparse peaks (:class:`PriorBlend`'s headroom) rather than their diluted mean.
 
     Args:
         x: (B, C, H, W).
@@ -106,7 +147,7 @@ def lowpass(x: Tensor, sigma: float, taps: tuple[Tensor, Tensor] | None = None) 
     kx, ky = taps if taps is not None else gaussian_taps(sigma, c)
     kx, ky = kx.to(x), ky.to(x)
     r = kx.shape[-1] // 2
-    p = F.avg_pool2d(x, 8, ceil_mode=True)
+    p = F.max_pool2d(x, 8, ceil_mode=True) if pool == "max" else F.avg_pool2d(x, 8, ceil_mode=True)
     p = F.pad(p, (r, r, r, r), mode="replicate")
     p = F.conv2d(F.conv2d(p, kx, groups=c), ky, groups=c)
     return F.interpolate(p, size=x.shape[-2:], mode="bilinear", align_corners=False)
@@ -125,13 +166,24 @@ class PriorBlend(nn.Module):
     0.95`` at the start) weighs the transfer of the prior's detail band (:func:`lowpass`); the
     base blend's parameters keep their names, so a model without detail initialises one with.
 
+    With ``headroom = σ_h > 0`` (needs ``detail``) the transferred detail is kept inside [0, 1]
+    instead of being clipped: where the output leaves the range, its smooth envelope (the
+    channel-maximum excess, :func:`lowpass` with max pooling at scale ``σ_h``) shifts the base
+    down (above 1) or up (below 0), all channels alike. Without it a bright network base plus
+    the prior's detail clips in highlights and that detail is lost (no parameters: it applies to
+    a trained model as is).
+
     Shapes: ``forward(y, p, under, over)``, each (B,3,H,W) -> (B,3,H,W) in [0, 1] when ``y``
     and ``p`` are.
     """
 
-    def __init__(self, width: int = 24, init_bias: float = -3.0, detail: int = 0, detail_bias: float = 3.0) -> None:
+    def __init__(self, width: int = 24, init_bias: float = -3.0, detail: int = 0, detail_bias: float = 3.0,
+                 headroom: int = 0) -> None:
         super().__init__()
+        if headroom and not detail:
+            raise ValueError("headroom keeps the transferred detail in range: it needs detail > 0")
         self.detail = int(detail)
+        self.headroom = int(headroom)
         layers: list[nn.Module] = []
         c_in = 12
         for d in (1, 2, 4):
@@ -150,6 +202,10 @@ class PriorBlend(nn.Module):
             kx, ky = gaussian_taps(float(self.detail))
             self.register_buffer("taps_x", kx, persistent=False)
             self.register_buffer("taps_y", ky, persistent=False)
+        if self.headroom:
+            hx, hy = gaussian_taps(float(self.headroom), channels=1)
+            self.register_buffer("head_x", hx, persistent=False)
+            self.register_buffer("head_y", hy, persistent=False)
 
     def weight_maps(self, y: Tensor, p: Tensor, under: Tensor, over: Tensor) -> tuple[Tensor, Tensor | None]:
         """Blend weights ``w`` and detail weights ``w_d`` (None without detail transfer):
@@ -172,4 +228,9 @@ class PriorBlend(nn.Module):
             # detail of the prior minus detail of the blended output: (p - L p) - (out - L out)
             diff = p - out
             out = out + wd * (diff - lowpass(diff, float(self.detail), (self.taps_x, self.taps_y)))
+        if self.headroom:
+            taps = (self.head_x, self.head_y)
+            high = lowpass(F.relu(out - 1.0).amax(1, keepdim=True), float(self.headroom), taps, pool="max")
+            low = lowpass(F.relu(-out).amax(1, keepdim=True), float(self.headroom), taps, pool="max")
+            out = out - high + low
         return out
