@@ -139,13 +139,14 @@ def test_headroom_keeps_the_transferred_detail_instead_of_clipping_it() -> None:
     fine = 0.2 * torch.sign(torch.sin(2 * torch.pi * xx / 4)) * torch.sign(torch.sin(2 * torch.pi * yy / 4))
     p = (0.5 + fine).expand(1, 3, h, w)
     u, o = _pair(h, w)
-    outs = {}
+    outs, blends = {}, {}
     for headroom in (0, 64):
         blend = PriorBlend(detail=8, headroom=headroom)
         with torch.no_grad():
             blend.net[-1].bias.fill_(-40.0)
             blend.detail_head.bias.fill_(40.0)  # type: ignore[union-attr]
             outs[headroom] = blend(y, p, u, o)
+        blends[headroom] = blend
     clipped = {k: v.clamp(0, 1) for k, v in outs.items()}
 
     def contrast(x: torch.Tensor) -> float:  # std of the fine pattern inside the bright region
@@ -157,9 +158,25 @@ def test_headroom_keeps_the_transferred_detail_instead_of_clipping_it() -> None:
     assert contrast(clipped[64]) > 0.85 * 0.2
     far = (slice(None), slice(None), slice(None), slice(48 + 4 * 64, None))  # 4 sigma from the bright region
     torch.testing.assert_close(outs[64][far], outs[0][far], atol=1e-4, rtol=0)
-    # the envelope moves all channels alike and keeps dark inputs' detail the same way (shift up)
-    dark = blend(0.02 + 0 * y, p - 0.5, u, o)
-    assert float(dark.amin()) > -0.02
+    # below 0 each channel is raised by its own envelope: a black silhouette in the prior's
+    # bright blue sky, over the network's darker sky, undershoots in blue only; blue is lifted,
+    # red (in range) is not raised by blue's deficit (which tinted such silhouettes red)
+    sky = torch.tensor([0.05, 0.05, 0.3]).view(1, 3, 1, 1).expand(1, 3, h, w)
+    prior_sky = torch.tensor([0.05, 0.1, 0.7]).view(1, 3, 1, 1).expand(1, 3, h, w).clone()
+    prior_sky[..., 24:72, 88:112] = 0.0  # a trunk, 24 px wide
+    res = []
+    for headroom in (0, 16):
+        blend = PriorBlend(detail=32, headroom=headroom)
+        with torch.no_grad():
+            blend.net[-1].bias.fill_(-40.0)
+            blend.detail_head.bias.fill_(40.0)  # type: ignore[union-attr]
+            res.append(blend(sky, prior_sky, u, o))
+    plain, lifted = res
+    sil = (slice(None), slice(None), slice(40, 56), slice(96, 104))
+    assert float(plain[sil][:, 2].mean()) < -0.1  # the undershoot
+    lift = float(lifted[sil][:, 2].mean() - plain[sil][:, 2].mean())
+    assert lift > 0.05  # blue lifted
+    torch.testing.assert_close(lifted[sil][:, 0], plain[sil][:, 0], atol=1e-3, rtol=0)  # red left alone
     peak = torch.zeros(1, 1, 32, 32)
     peak[..., 16, 16] = 1.0
     taps = gaussian_taps(16.0, 1)

@@ -167,11 +167,12 @@ class PriorBlend(nn.Module):
     base blend's parameters keep their names, so a model without detail initialises one with.
 
     With ``headroom = σ_h > 0`` (needs ``detail``) the transferred detail is kept inside [0, 1]
-    instead of being clipped: where the output leaves the range, its smooth envelope (the
-    channel-maximum excess, :func:`lowpass` with max pooling at scale ``σ_h``) shifts the base
-    down (above 1) or up (below 0), all channels alike. Without it a bright network base plus
-    the prior's detail clips in highlights and that detail is lost (no parameters: it applies to
-    a trained model as is).
+    instead of being clipped: where the output leaves the range, a smooth envelope of the excess
+    (:func:`lowpass` with max pooling at scale ``σ_h``) shifts the base. Above 1 the envelope of
+    the channel maximum lowers all channels alike (a bright coloured light keeps its hue); below 0
+    each channel is raised by its own envelope (raising all by one channel's deficit tinted dark
+    silhouettes against a blue sky red). Without it a bright network base plus the prior's detail
+    clips in highlights and that detail is lost (no parameters: it applies to a trained model as is).
 
     Shapes: ``forward(y, p, under, over)``, each (B,3,H,W) -> (B,3,H,W) in [0, 1] when ``y``
     and ``p`` are.
@@ -206,6 +207,9 @@ class PriorBlend(nn.Module):
             hx, hy = gaussian_taps(float(self.headroom), channels=1)
             self.register_buffer("head_x", hx, persistent=False)
             self.register_buffer("head_y", hy, persistent=False)
+            lx, ly = gaussian_taps(float(self.headroom), channels=3)
+            self.register_buffer("foot_x", lx, persistent=False)
+            self.register_buffer("foot_y", ly, persistent=False)
 
     def weight_maps(self, y: Tensor, p: Tensor, under: Tensor, over: Tensor) -> tuple[Tensor, Tensor | None]:
         """Blend weights ``w`` and detail weights ``w_d`` (None without detail transfer):
@@ -229,8 +233,8 @@ class PriorBlend(nn.Module):
             diff = p - out
             out = out + wd * (diff - lowpass(diff, float(self.detail), (self.taps_x, self.taps_y)))
         if self.headroom:
-            taps = (self.head_x, self.head_y)
-            high = lowpass(F.relu(out - 1.0).amax(1, keepdim=True), float(self.headroom), taps, pool="max")
-            low = lowpass(F.relu(-out).amax(1, keepdim=True), float(self.headroom), taps, pool="max")
+            sigma = float(self.headroom)
+            high = lowpass(F.relu(out - 1.0).amax(1, keepdim=True), sigma, (self.head_x, self.head_y), pool="max")
+            low = lowpass(F.relu(-out), sigma, (self.foot_x, self.foot_y), pool="max")
             out = out - high + low
         return out
