@@ -226,3 +226,25 @@ def test_trainer_with_prealign_and_residual_dasm(tmp_path: Path) -> None:
     assert net.config.prealign == "flow" and net.config.align_mode == "residual" and net.align_out is not None
     with pytest.raises(ConfigError, match="needs prior 'mertens'"):
         Trainer(load_config(TrainConfig, TINY, [*sets, "model.prior=flow_mertens"]), tmp_path / "r2", progress=False)
+
+
+def test_train_only_keeps_the_rest_fixed(tmp_path: Path) -> None:
+    root = tmp_path / "brackets"
+    for i in range(2):
+        write_demo_bracket(root / f"s{i}", [-2, 0, 2], size=(72, 96), seed=i)
+    src = f"[{{root: '{root}', kind: brackets}}]"
+    cache = tmp_path / "c"
+    sets = [f"data.sources={src}", f"val.sources={src}", "data.split=all", "val.split=all",
+            f"data.cache_dir='{cache}'", f"val.cache_dir='{cache}'", "model.genotype=aligned", "model.head=retinex",
+            "model.prior=mertens", "model.prealign=flow", "model.align_mode=residual", "data.misalign=true",
+            "val.misalign=true", "steps=2", "val_every=2", "model.train_only=[dasm., align_out.]"]
+    cfg = load_config(TrainConfig, TINY, sets)
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    before = {k: v.clone() for k, v in trainer.net.state_dict().items()}
+    trainer.run()
+    after = trainer.net.state_dict()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved and all(k.startswith(("dasm.", "align_out.")) for k in moved)
+    assert "align_out.weight" in moved
+    with pytest.raises(ConfigError, match="no parameter starts with 'dsam.'"):
+        Trainer(load_config(TrainConfig, TINY, [*sets[:-1], "model.train_only=[dsam.]"]), tmp_path / "r2", progress=False)

@@ -103,6 +103,8 @@ class ModelSpec:
             tensors of matching name and shape initialise the network (fine-tuning); or a list
             of such paths and ``{path, prefix}`` entries (only tensors under ``prefix``), loaded
             in order, later entries overriding earlier ones.
+        train_only: parameter-name prefixes that are trained (None: all); the rest stays as
+            initialised, e.g. ``[dasm., align_out.]`` trains a residual DASM on a trained network.
     """
 
     genotype: str = "general"
@@ -116,6 +118,7 @@ class ModelSpec:
     prealign: str = "none"
     align_mode: str = "features"
     init_from: str | list[str | dict[str, str]] | None = None
+    train_only: list[str] | None = None
 
 
 @dataclass
@@ -270,6 +273,27 @@ def build_net(spec: ModelSpec) -> FusionNet:
         for entry in entries:
             _init_part(net, entry)
     return net
+
+
+def trainable_parameters(net: nn.Module, train_only: list[str] | None) -> list[nn.Parameter]:
+    """The parameters to optimise: all, or those whose names start with one of ``train_only``
+    (the others get ``requires_grad = False``).
+
+    Raises:
+        ConfigError: a prefix that matches no parameter.
+    """
+    if not train_only:
+        return list(net.parameters())
+    names = [n for n, _ in net.named_parameters()]
+    unknown = [pre for pre in train_only if not any(n.startswith(pre) for n in names)]
+    if unknown:
+        raise ConfigError(f"model.train_only: no parameter starts with {', '.join(map(repr, unknown))}")
+    out = []
+    for name, p in net.named_parameters():
+        p.requires_grad_(any(name.startswith(pre) for pre in train_only))
+        if p.requires_grad:
+            out.append(p)
+    return out
 
 
 def _init_part(net: FusionNet, entry: str | dict[str, str]) -> None:
@@ -487,7 +511,7 @@ class Trainer:
         else:
             self.gen = self.net
         o = cfg.optim
-        self.g_opt = torch.optim.Adam(self.net.parameters(), lr=o.lr, betas=tuple(o.betas))
+        self.g_opt = torch.optim.Adam(trainable_parameters(self.net, cfg.model.train_only), lr=o.lr, betas=tuple(o.betas))
         self.c_opt = torch.optim.Adam(self.critic.parameters(), lr=o.critic_lr, betas=tuple(o.critic_betas))
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.g_opt, T_max=cfg.steps, eta_min=o.lr_min)
 
