@@ -209,7 +209,9 @@ def test_dataset_prealigns_before_the_prior(tmp_path: Path) -> None:
     assert np.abs(full["prior"].numpy() - raw["prior"].numpy()).max() > 0  # a different (pre-aligned) prior
 
 
-def test_trainer_with_prealign_and_residual_dasm(tmp_path: Path) -> None:
+def _residual_overrides(tmp_path: Path) -> list[str]:
+    """``--set`` overrides: tiny.yaml with pre-alignment and a residual DASM on two misaligned
+    synthetic brackets, 2 steps."""
     root = tmp_path / "brackets"
     for i in range(2):
         write_demo_bracket(root / f"s{i}", [-2, 0, 2], size=(72, 96), seed=i)
@@ -219,6 +221,11 @@ def test_trainer_with_prealign_and_residual_dasm(tmp_path: Path) -> None:
             f"data.cache_dir='{cache}'", f"val.cache_dir='{cache}'", "model.genotype=aligned", "model.head=retinex",
             "model.prior=mertens", "model.prealign=flow", "model.align_mode=residual", "data.misalign=true",
             "val.misalign=true", "steps=2", "val_every=2"]
+    return sets
+
+
+def test_trainer_with_prealign_and_residual_dasm(tmp_path: Path) -> None:
+    sets = _residual_overrides(tmp_path)
     cfg = load_config(TrainConfig, TINY, sets)
     assert cfg.data.prealign == "flow" and cfg.val is not None and cfg.val.prealign == "flow"
     result = Trainer(cfg, tmp_path / "run", progress=False).run()
@@ -229,15 +236,7 @@ def test_trainer_with_prealign_and_residual_dasm(tmp_path: Path) -> None:
 
 
 def test_train_only_keeps_the_rest_fixed(tmp_path: Path) -> None:
-    root = tmp_path / "brackets"
-    for i in range(2):
-        write_demo_bracket(root / f"s{i}", [-2, 0, 2], size=(72, 96), seed=i)
-    src = f"[{{root: '{root}', kind: brackets}}]"
-    cache = tmp_path / "c"
-    sets = [f"data.sources={src}", f"val.sources={src}", "data.split=all", "val.split=all",
-            f"data.cache_dir='{cache}'", f"val.cache_dir='{cache}'", "model.genotype=aligned", "model.head=retinex",
-            "model.prior=mertens", "model.prealign=flow", "model.align_mode=residual", "data.misalign=true",
-            "val.misalign=true", "steps=2", "val_every=2", "model.train_only=[dasm., align_out.]"]
+    sets = [*_residual_overrides(tmp_path), "model.train_only=[dasm., align_out.]"]
     cfg = load_config(TrainConfig, TINY, sets)
     trainer = Trainer(cfg, tmp_path / "run", progress=False)
     before = {k: v.clone() for k, v in trainer.net.state_dict().items()}
