@@ -78,7 +78,6 @@ def test_prealign_moves_the_under_frame_onto_the_over_frame() -> None:
         return float(np.abs(a - b).mean())
 
     assert err(aligned) < 0.4 * err(under)
-    assert prealign_array("none", under, over) is not None
     np.testing.assert_array_equal(prealign_array("none", under, over), under)
     batch = prealign_image("flow", torch.cat([_t(under)] * 2), torch.cat([_t(over)] * 2))
     np.testing.assert_allclose(batch[1].permute(1, 2, 0).numpy(), aligned, atol=1e-6)
@@ -247,3 +246,20 @@ def test_train_only_keeps_the_rest_fixed(tmp_path: Path) -> None:
     assert "align_out.weight" in moved
     with pytest.raises(ConfigError, match="no parameter starts with 'dsam.'"):
         Trainer(load_config(TrainConfig, TINY, [*sets[:-1], "model.train_only=[dsam.]"]), tmp_path / "r2", progress=False)
+
+
+def test_net_options_reach_cards_and_training_configs(tmp_path: Path) -> None:
+    """Every NetConfig option a derived net takes is written to and read from its card, and every
+    one but eps is a training-config model option (one list, crmef.nets.fusion.NET_OPTIONS)."""
+    from dataclasses import fields
+
+    from crmef.nets.fusion import NET_OPTIONS
+
+    assert set(NET_OPTIONS) - {"eps"} <= {f.name for f in fields(ModelSpec)}
+    net = _net(residual=True)
+    _, card = save_model(net, tmp_path / "m", {"name": "a"})
+    saved = json.loads(card.read_text())
+    assert all(saved[k] == getattr(net.config, k) for k in NET_OPTIONS)
+    assert all(getattr(load_model(tmp_path / "m.safetensors").config, k) == saved[k] for k in NET_OPTIONS)
+    with pytest.raises(ValueError, match="unknown network option"):
+        FusionNet.from_genotype(get_preset("general"), channels=4, detial=8)

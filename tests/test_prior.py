@@ -179,7 +179,7 @@ def test_headroom_keeps_the_transferred_detail_instead_of_clipping_it() -> None:
     torch.testing.assert_close(lifted[sil][:, 0], plain[sil][:, 0], atol=1e-3, rtol=0)  # red left alone
     peak = torch.zeros(1, 1, 32, 32)
     peak[..., 16, 16] = 1.0
-    taps = gaussian_taps(16.0, 1)
+    taps = gaussian_taps(16.0)
     ratio = lowpass(peak, 16, taps, pool="max").amax() / lowpass(peak, 16, taps).amax()
     assert abs(float(ratio) - 64) < 1e-2  # max pooling: a one-pixel excess counts as its whole 8x8 cell
 

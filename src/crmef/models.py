@@ -36,7 +36,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from crmef.errors import InputError
-from crmef.nets.fusion import FusionNet
+from crmef.nets.fusion import NET_OPTIONS, FusionNet, NetConfig
 from crmef.space import Genotype
 from crmef.utils import atomic_path, atomic_write_text
 
@@ -108,19 +108,10 @@ def build_from_card(card: dict[str, Any], where: str = "model card") -> FusionNe
     """
     try:
         genotype = Genotype.from_dict(card["genotype"])
-        return FusionNet.from_genotype(
-            genotype,
-            channels=int(card["channels"]),
-            cascades=int(card["cascades"]),
-            head=card["head"],
-            eps=float(card.get("eps", 1e-3)),
-            illum_smooth=int(card.get("illum_smooth", 0)),
-            prior=str(card.get("prior", "none")),
-            detail=int(card.get("detail", 0)),
-            headroom=int(card.get("headroom", 0)),
-            prealign=str(card.get("prealign", "none")),
-            align_mode=str(card.get("align_mode", "features")),
-        )
+        defaults = NetConfig()
+        options = {k: type(getattr(defaults, k))(card[k]) for k in NET_OPTIONS if k in card}
+        return FusionNet.from_genotype(genotype, channels=int(card["channels"]), cascades=int(card["cascades"]),
+                                       head=card["head"], **options)
     except (ValueError, TypeError, KeyError) as exc:
         raise InputError(f"{where}: invalid model description ({exc})") from exc
 
@@ -158,8 +149,8 @@ def load_model(name_or_path: str | os.PathLike[str], device: str | torch.device 
 def save_model(net: FusionNet, path: str | os.PathLike[str], card: dict[str, Any]) -> tuple[Path, Path]:
     """Save ``net`` as ``<path>.safetensors`` plus the model card ``<path>.json``, atomically.
 
-    The structural keys (``genotype``, ``channels``, ``cascades``, ``head``, ``eps``,
-    ``illum_smooth``, ``prior``, ``detail``, ``headroom``, ``prealign``, ``align_mode``) are filled
+    The structural keys (``genotype``, ``channels``, ``cascades``, ``head`` and
+    :data:`~crmef.nets.fusion.NET_OPTIONS`) are filled
     from the network itself, so the card always describes the weights; ``card`` supplies
     ``name``, ``training``, ``metrics`` and anything else (kept as given).
 
@@ -187,13 +178,7 @@ def save_model(net: FusionNet, path: str | os.PathLike[str], card: dict[str, Any
         channels=cfg.channels,
         cascades=cfg.cascades,
         head=cfg.head,
-        eps=cfg.eps,
-        illum_smooth=cfg.illum_smooth,
-        prior=cfg.prior,
-        detail=cfg.detail,
-        headroom=cfg.headroom,
-        prealign=cfg.prealign,
-        align_mode=cfg.align_mode,
+        **{k: getattr(cfg, k) for k in NET_OPTIONS},
     )
     full.setdefault("training", {})
     full.setdefault("metrics", {})

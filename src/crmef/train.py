@@ -55,7 +55,7 @@ from crmef.data.datasets import DataConfig, MixedDataset, build_dataset, worker_
 from crmef.errors import ConfigError, CrmefError, InputError
 from crmef.losses import FusionLoss, LossConfig, critic_loss
 from crmef.nets.critic import CriticConfig, PatchCritic
-from crmef.nets.fusion import FusionNet
+from crmef.nets.fusion import NET_OPTIONS, FusionNet
 from crmef.nets.prior import PRIORS
 from crmef.space import Genotype, get_preset
 from crmef.utils import atomic_path, atomic_write_text, resolve_device
@@ -263,9 +263,9 @@ def build_net(spec: ModelSpec) -> FusionNet:
     """
     genotype = load_genotype(spec.genotype)
     try:
+        options = {k: getattr(spec, k) for k in NET_OPTIONS if hasattr(spec, k)}  # ModelSpec keeps eps at its default
         net = FusionNet.from_genotype(genotype, channels=spec.channels, cascades=spec.cascades, head=spec.head,
-                                       illum_smooth=spec.illum_smooth, prior=spec.prior,
-                                       detail=spec.detail, headroom=spec.headroom, prealign=spec.prealign, align_mode=spec.align_mode)
+                                       **options)
     except ValueError as exc:
         raise ConfigError(f"model: {exc}") from exc
     if spec.init_from:

@@ -2,6 +2,10 @@
 
 Data flow for an under-exposed ``I_U`` and an over-exposed ``I_O`` (RGB in [0, 1]):
 
+0. Optionally (``prealign = "flow"``, not in the paper) the under frame is first warped onto the
+   over frame by DIS optical flow, on the whole image (:meth:`FusionNet.prepare`); the network
+   (and its DASM, if any) then handles what the flow leaves: residual misalignment, occlusions,
+   flow errors.
 1. Relighting, ``cascades`` stages, separate weights per exposure and stage:
    ``I_U ← I_U ⊗ S_U^s(I_U)``, ``I_O ← I_O ⊗ S_O^s(I_O)``.
 2. Without alignment: ``F_A = I_U + I_O`` (3 channels). With alignment (DASM):
@@ -25,11 +29,6 @@ Data flow for an under-exposed ``I_U`` and an over-exposed ``I_O`` (RGB in [0, 1
    (:class:`~crmef.nets.prior.PriorBlend`): the network learns where the classical fusion is the
    better estimate and where its own output is.
 
-0. Optionally (``prealign = "flow"``, not in the paper) the under frame is first warped onto the
-   over frame by DIS optical flow, on the whole image (:meth:`FusionNet.prepare`); the network
-   (and its DASM, if any) then handles what the flow leaves: residual misalignment, occlusions,
-   flow errors.
-
 The same class is the super-net (every slot a mixed :class:`~crmef.space.Choice`) and the derived
 net (every slot one op), built by :meth:`FusionNet.supernet` and :meth:`FusionNet.from_genotype`.
 """
@@ -37,6 +36,7 @@ net (every slot one op), built by :meth:`FusionNet.supernet` and :meth:`FusionNe
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -51,6 +51,10 @@ from crmef.space import DASM_SLOTS, SRSM_SLOTS, Choice, Genotype, SearchSpace
 
 HEADS = ("retinex", "direct")
 ALIGN_MODES = ("features", "residual")
+NET_OPTIONS = ("eps", "illum_smooth", "prior", "detail", "headroom", "prealign", "align_mode")
+"""The :class:`NetConfig` fields a derived net takes besides its genotype, channels, cascades
+and head: :meth:`FusionNet.from_genotype`'s options, the model card's remaining structural keys
+(:mod:`crmef.models`) and the training config's model options (:class:`crmef.train.ModelSpec`)."""
 
 
 @dataclass
@@ -243,22 +247,22 @@ class FusionNet(nn.Module):
         channels: int = 64,
         cascades: int = 2,
         head: str | None = None,
-        eps: float = 1e-3,
-        illum_smooth: int = 0,
-        prior: str = "none",
-        detail: int = 0,
-        headroom: int = 0,
-        prealign: str = "none",
-        align_mode: str = "features",
+        **options: Any,
     ) -> FusionNet:
         """The compact derived network of ``genotype``.
 
         ``head`` defaults to ``retinex`` without alignment and ``direct`` with it (as published).
+        ``options``: any of :data:`NET_OPTIONS` (``prior="mertens"``, ``detail=32``, …).
+
+        Raises:
+            ValueError: an unknown option or an invalid structure.
         """
+        unknown = sorted(set(options) - set(NET_OPTIONS))
+        if unknown:
+            raise ValueError(f"unknown network option(s) {', '.join(unknown)}; use {', '.join(NET_OPTIONS)}")
         head = head or ("direct" if genotype.align else "retinex")
         cfg = NetConfig(channels=channels, cascades=cascades, align=genotype.align, head=head,
-                        drm_blocks=len(genotype.drm), eps=eps, illum_smooth=illum_smooth,
-                        prior=prior, detail=detail, headroom=headroom, prealign=prealign, align_mode=align_mode)
+                        drm_blocks=len(genotype.drm), **options)
         return cls(cfg, genotype=genotype)
 
     # ---------------------------------------------------------------- search interface

@@ -115,18 +115,18 @@ def prealign_image(kind: str, under: Tensor, over: Tensor) -> Tensor:
     return _per_item(lambda a, b: prealign_array(kind, a, b), under, over)
 
 
-def gaussian_taps(sigma: float, channels: int = 3) -> tuple[Tensor, Tensor]:
+def gaussian_taps(sigma: float) -> tuple[Tensor, Tensor]:
     """Separable Gaussian kernels of the 1/8-resolution stage of :func:`lowpass` (``sigma / 8``,
-    radius 3σ), as depthwise conv weights: ``((C,1,1,K), (C,1,K,1))``."""
+    radius 3σ), as single-channel conv weights: ``((1,1,1,K), (1,1,K,1))``."""
     from crmef.metrics.color import gaussian_window  # lazy: keeps the metrics out of a plain net import
 
     s = sigma / 8.0
     k = gaussian_window(2 * max(1, int(3.0 * s + 0.5)) + 1, s, torch.float32)
-    return k.view(1, 1, 1, -1).repeat(channels, 1, 1, 1), k.view(1, 1, -1, 1).repeat(channels, 1, 1, 1)
+    return k.view(1, 1, 1, -1), k.view(1, 1, -1, 1)
 
 
 def lowpass(x: Tensor, sigma: float, taps: tuple[Tensor, Tensor] | None = None, pool: str = "avg") -> Tensor:
-    """Smooth low-pass of scale ``sigma`` pixels, computed at 1/8 resolution.
+    """Smooth low-pass of scale ``sigma`` pixels, computed at 1/8 resolution, per channel.
 
     Average pooling by 8 (partial last windows average their valid pixels), a separable Gaussian
     of ``sigma / 8`` with replicated borders, bilinear upsampling to the input size: about a
@@ -135,21 +135,22 @@ def lowpass(x: Tensor, sigma: float, taps: tuple[Tensor, Tensor] | None = None, 
     sparse peaks (:class:`PriorBlend`'s headroom) rather than their diluted mean.
 
     Args:
-        x: (B, C, H, W).
+        x: (B, C, H, W), any C.
         sigma: scale in pixels.
-        taps: precomputed :func:`gaussian_taps` for ``sigma`` and C channels (constant kernels
-            keep the ONNX graph exportable).
+        taps: precomputed :func:`gaussian_taps` for ``sigma`` (constant kernels keep the ONNX
+            graph exportable).
 
     Returns:
         (B, C, H, W).
     """
-    c = x.shape[1]
-    kx, ky = taps if taps is not None else gaussian_taps(sigma, c)
+    kx, ky = taps if taps is not None else gaussian_taps(sigma)
     kx, ky = kx.to(x), ky.to(x)
     r = kx.shape[-1] // 2
     p = F.max_pool2d(x, 8, ceil_mode=True) if pool == "max" else F.avg_pool2d(x, 8, ceil_mode=True)
-    p = F.pad(p, (r, r, r, r), mode="replicate")
-    p = F.conv2d(F.conv2d(p, kx, groups=c), ky, groups=c)
+    b, c = p.shape[:2]
+    p = F.pad(p.flatten(0, 1).unsqueeze(1), (r, r, r, r), mode="replicate")  # channels into the batch
+    p = F.conv2d(F.conv2d(p, kx), ky)
+    p = p.view(b, c, p.shape[-2], p.shape[-1])
     return F.interpolate(p, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
@@ -204,12 +205,9 @@ class PriorBlend(nn.Module):
             self.register_buffer("taps_x", kx, persistent=False)
             self.register_buffer("taps_y", ky, persistent=False)
         if self.headroom:
-            hx, hy = gaussian_taps(float(self.headroom), channels=1)
+            hx, hy = gaussian_taps(float(self.headroom))
             self.register_buffer("head_x", hx, persistent=False)
             self.register_buffer("head_y", hy, persistent=False)
-            lx, ly = gaussian_taps(float(self.headroom), channels=3)
-            self.register_buffer("foot_x", lx, persistent=False)
-            self.register_buffer("foot_y", ly, persistent=False)
 
     def weight_maps(self, y: Tensor, p: Tensor, under: Tensor, over: Tensor) -> tuple[Tensor, Tensor | None]:
         """Blend weights ``w`` and detail weights ``w_d`` (None without detail transfer):
@@ -235,6 +233,6 @@ class PriorBlend(nn.Module):
         if self.headroom:
             sigma = float(self.headroom)
             high = lowpass(F.relu(out - 1.0).amax(1, keepdim=True), sigma, (self.head_x, self.head_y), pool="max")
-            low = lowpass(F.relu(-out), sigma, (self.foot_x, self.foot_y), pool="max")
+            low = lowpass(F.relu(-out), sigma, (self.head_x, self.head_y), pool="max")
             out = out - high + low
         return out
