@@ -26,10 +26,11 @@ ROOT = Path(__file__).resolve().parents[1]
 torch.set_num_threads(1)
 
 
-def _net(prior: str = "mertens", seed: int = 0, detail: int = 0, headroom: int = 0) -> FusionNet:
+def _net(prior: str = "mertens", seed: int = 0, detail: int = 0, headroom: int = 0,
+         detail_space: str = "rgb") -> FusionNet:
     torch.manual_seed(seed)
     net = FusionNet.from_genotype(get_preset("general"), channels=4, prior=prior, detail=detail,
-                                  headroom=headroom).eval()
+                                  headroom=headroom, detail_space=detail_space).eval()
     if net.blend is not None:  # a trained-looking blend (the zero-initialised last conv would hide bugs)
         torch.nn.init.normal_(net.blend.net[-1].weight, std=0.3)
         if net.blend.detail_head is not None:
@@ -184,6 +185,47 @@ def test_headroom_keeps_the_transferred_detail_instead_of_clipping_it() -> None:
     assert abs(float(ratio) - 64) < 1e-2  # max pooling: a one-pixel excess counts as its whole 8x8 cell
 
 
+def test_luma_detail_space_keeps_the_grey_detail_and_dark_silhouettes_neutral() -> None:
+    """A brown trunk in the prior's bright blue sky, over the network's darker sky: per channel
+    the detail (red +0.1, blue −0.7) leaves blue far below 0 and the clipped trunk turns red; in
+    the luma space the grey image gets the same detail while the colour of the detail shrinks with
+    the base-to-prior luminance ratio. Where the base is as bright as the prior, nothing changes."""
+    h, w = 64, 128
+    sky = torch.tensor([0.05, 0.05, 0.3]).view(1, 3, 1, 1).expand(1, 3, h, w).clone()
+    prior = torch.tensor([0.05, 0.1, 0.7]).view(1, 3, 1, 1).expand(1, 3, h, w).clone()
+    prior[..., 16:48, 56:72] = torch.tensor([0.15, 0.1, 0.0]).view(1, 3, 1, 1)  # the trunk
+    u, o = _pair(h, w)
+    outs = {}
+    for space in ("rgb", "luma"):
+        blend = PriorBlend(detail=32, detail_space=space)
+        with torch.no_grad():
+            blend.net[-1].bias.fill_(-40.0)
+            blend.detail_head.bias.fill_(40.0)  # type: ignore[union-attr]
+            outs[space] = blend(sky, prior, u, o)
+    luma = torch.tensor([0.2989, 0.5870, 0.1140]).view(1, 3, 1, 1)
+    grey = {k: (v * luma).sum(1) for k, v in outs.items()}
+    torch.testing.assert_close(grey["luma"], grey["rgb"], atol=1e-4, rtol=0)  # same structure in grey
+    trunk = (slice(None), slice(None), slice(24, 40), slice(60, 68))
+    rgb, lum = outs["rgb"][trunk].clamp(0, 1).mean((0, 2, 3)), outs["luma"][trunk].clamp(0, 1).mean((0, 2, 3))
+    assert float(rgb[0] - rgb[2]) > 0.1  # per channel: a red trunk (measured 0.14)
+    assert float(lum[0] - lum[2]) < 0.6 * float(rgb[0] - rgb[2])  # luma: half as red (0.08)
+    # exactly: the detail's chroma is scaled by s = Y(L base) / Y(L prior) (here about 0.5)
+    s_map = (((lowpass(sky, 32) * luma).sum(1, keepdim=True) + 1e-3)
+             / ((lowpass(prior, 32) * luma).sum(1, keepdim=True) + 1e-3))
+    assert 0.4 < float(s_map.mean()) < 0.6
+    chroma = {k: v - (v * luma).sum(1, keepdim=True) for k, v in {**outs, "base": sky}.items()}
+    torch.testing.assert_close(chroma["luma"] - chroma["base"], s_map * (chroma["rgb"] - chroma["base"]),
+                               atol=1e-4, rtol=0)
+    # a base at least as bright as the prior: the chroma scale is 1, the two spaces agree
+    bright = (prior.mean((2, 3), keepdim=True) * 1.2).expand_as(prior).contiguous()
+    with torch.no_grad():
+        same = [PriorBlend(detail=32, detail_space=sp) for sp in ("rgb", "luma")]
+        for b in same:
+            b.net[-1].bias.fill_(-40.0)
+            b.detail_head.bias.fill_(40.0)  # type: ignore[union-attr]
+        torch.testing.assert_close(same[1](bright, prior, u, o), same[0](bright, prior, u, o), atol=1e-5, rtol=0)
+
+
 def test_prior_errors_are_clear() -> None:
     u, o = _pair(16, 16)
     with pytest.raises(ValueError, match="prior given to a network without one"):
@@ -202,29 +244,36 @@ def test_prior_errors_are_clear() -> None:
         NetConfig(prior="mertens", detail=32, headroom=-2)
     with pytest.raises(ValueError, match="it needs detail"):
         PriorBlend(headroom=64)
+    with pytest.raises(ValueError, match="detail_space must be one of"):
+        NetConfig(prior="mertens", detail=32, detail_space="lab")
+    with pytest.raises(ValueError, match="detail_space must be one of"):
+        PriorBlend(detail=32, detail_space="yuv")
     with pytest.raises(ValueError, match="unknown prior"):
         prior_array("reinhard", u[0].permute(1, 2, 0).numpy(), o[0].permute(1, 2, 0).numpy())
 
 
-@pytest.mark.parametrize(("detail", "headroom"), [(0, 0), (16, 0), (16, 32)])
-def test_card_round_trip(tmp_path: Path, detail: int, headroom: int) -> None:
-    net = _net(detail=detail, headroom=headroom)
+@pytest.mark.parametrize(("detail", "headroom", "space"), [(0, 0, "rgb"), (16, 0, "rgb"), (16, 32, "rgb"),
+                                                      (16, 32, "luma")])
+def test_card_round_trip(tmp_path: Path, detail: int, headroom: int, space: str) -> None:
+    net = _net(detail=detail, headroom=headroom, detail_space=space)
     w, card = save_model(net, tmp_path / "m", {"name": "p"})
     assert json.loads(card.read_text())["prior"] == "mertens"
     assert json.loads(card.read_text())["detail"] == detail
     assert json.loads(card.read_text())["headroom"] == headroom
     back = load_model(w)
     assert back.config.prior == "mertens" and back.config.detail == detail and back.config.headroom == headroom
+    assert json.loads(card.read_text())["detail_space"] == space == back.config.detail_space
     u, o = _pair(24, 24)
     with torch.no_grad():
         torch.testing.assert_close(back(u, o), net(u, o))
 
 
-@pytest.mark.parametrize(("detail", "headroom"), [(0, 0), (32, 0), (32, 64)])
-def test_tiles_get_the_whole_image_prior(detail: int, headroom: int) -> None:
+@pytest.mark.parametrize(("detail", "headroom", "space"), [(0, 0, "rgb"), (32, 0, "rgb"), (32, 64, "rgb"),
+                                                      (32, 64, "luma")])
+def test_tiles_get_the_whole_image_prior(detail: int, headroom: int, space: str) -> None:
     """Tiled inference equals untiled inference: each tile gets its crop of the global prior
     (and the detail transfer's low-pass, a global operator, runs once on the whole image)."""
-    net = _net(detail=detail, headroom=headroom)
+    net = _net(detail=detail, headroom=headroom, detail_space=space)
     rng = np.random.default_rng(0)
     base = rng.random((150, 170, 3), dtype=np.float32)
     u, o = base * 0.4, np.clip(0.5 + base * 0.5, 0, 1).astype(np.float32)
@@ -236,12 +285,13 @@ def test_tiles_get_the_whole_image_prior(detail: int, headroom: int) -> None:
     assert fast.shape == u.shape and np.isfinite(fast).all()
 
 
-@pytest.mark.parametrize(("detail", "headroom"), [(0, 0), (32, 0), (32, 64)])
-def test_onnx_parity_with_prior_input(tmp_path: Path, detail: int, headroom: int) -> None:
+@pytest.mark.parametrize(("detail", "headroom", "space"), [(0, 0, "rgb"), (32, 0, "rgb"), (32, 64, "rgb"),
+                                                      (32, 64, "luma")])
+def test_onnx_parity_with_prior_input(tmp_path: Path, detail: int, headroom: int, space: str) -> None:
     ort = pytest.importorskip("onnxruntime")
     from crmef.commands.export import export_onnx
 
-    net = _net(detail=detail, headroom=headroom)
+    net = _net(detail=detail, headroom=headroom, detail_space=space)
     path = export_onnx(net, tmp_path / "p.onnx")
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [i.name for i in sess.get_inputs()] == ["under", "over", "prior"]

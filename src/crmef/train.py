@@ -94,6 +94,8 @@ class ModelSpec:
         prior: ``"none"`` (the paper), ``"mertens"`` or ``"flow_mertens"`` (learned blend with that
             classical fusion of the inputs; :mod:`crmef.nets.prior`).
         detail: low-pass scale (pixels) of the prior's learned detail transfer (0: none).
+        detail_space: ``"rgb"`` (detail added per channel) or ``"luma"`` (its luma in full, its
+            chroma scaled by the base-to-prior luminance ratio; :class:`~crmef.nets.prior.PriorBlend`).
         headroom: envelope scale (pixels) that keeps the transferred detail in [0, 1] (0: clip).
         prealign: ``"none"`` or ``"flow"`` (the under frame warped onto the over frame by optical
             flow before the network; needs ``prior: mertens``).
@@ -114,6 +116,7 @@ class ModelSpec:
     illum_smooth: int = 0
     prior: str = "none"
     detail: int = 0
+    detail_space: str = "rgb"
     headroom: int = 0
     prealign: str = "none"
     align_mode: str = "features"

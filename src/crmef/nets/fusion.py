@@ -45,13 +45,13 @@ from torch import Tensor, nn
 
 from crmef.nets.dasm import DASM
 from crmef.nets.drm import DRM
-from crmef.nets.prior import PREALIGNS, PRIORS, PriorBlend, prealign_image, prior_image
+from crmef.nets.prior import DETAIL_SPACES, PREALIGNS, PRIORS, PriorBlend, prealign_image, prior_image
 from crmef.nets.srsm import SRSM
 from crmef.space import DASM_SLOTS, SRSM_SLOTS, Choice, Genotype, SearchSpace
 
 HEADS = ("retinex", "direct")
 ALIGN_MODES = ("features", "residual")
-NET_OPTIONS = ("eps", "illum_smooth", "prior", "detail", "headroom", "prealign", "align_mode")
+NET_OPTIONS = ("eps", "illum_smooth", "prior", "detail", "detail_space", "headroom", "prealign", "align_mode")
 """The :class:`NetConfig` fields a derived net takes besides its genotype, channels, cascades
 and head: :meth:`FusionNet.from_genotype`'s options, the model card's remaining structural keys
 (:mod:`crmef.models`) and the training config's model options (:class:`crmef.train.ModelSpec`)."""
@@ -74,6 +74,10 @@ class NetConfig:
             with that classical fusion of the inputs (module docstring, step 4).
         detail: low-pass scale σ in pixels of the prior's detail transfer (0: none; needs a
             prior; :class:`~crmef.nets.prior.PriorBlend`).
+        detail_space: how the detail is added: ``"rgb"`` (per channel) or ``"luma"`` (its luma
+            in full, its chroma scaled by the base-to-prior luminance ratio, at most 1: a base
+            darker than the prior keeps the prior's grey contrast without its colour contrast
+            turning dark detail red; :class:`~crmef.nets.prior.PriorBlend`).
         headroom: envelope scale σ_h in pixels that keeps the transferred detail inside [0, 1]
             (0: clip it; needs ``detail``; :class:`~crmef.nets.prior.PriorBlend`).
         prealign: ``"none"`` or ``"flow"``: warp the under frame onto the over frame by DIS
@@ -97,6 +101,7 @@ class NetConfig:
     illum_smooth: int = 0
     prior: str = "none"
     detail: int = 0
+    detail_space: str = "rgb"
     headroom: int = 0
     prealign: str = "none"
     align_mode: str = "features"
@@ -123,6 +128,8 @@ class NetConfig:
             raise ValueError(f"detail must be an integer low-pass scale in pixels, 0..512, got {self.detail!r}")
         if self.detail and self.prior == "none":
             raise ValueError("detail transfer needs a prior (prior 'mertens' or 'flow_mertens')")
+        if self.detail_space not in DETAIL_SPACES:
+            raise ValueError(f"detail_space must be one of {DETAIL_SPACES}, got {self.detail_space!r}")
         if not isinstance(self.headroom, int) or isinstance(self.headroom, bool) or not 0 <= self.headroom <= 512:
             raise ValueError(f"headroom must be an integer envelope scale in pixels, 0..512, got {self.headroom!r}")
         if self.headroom and not self.detail:
@@ -231,7 +238,7 @@ class FusionNet(nn.Module):
             self.align_out = nn.Conv2d(c, 3, 3, padding=1)
             nn.init.zeros_(self.align_out.weight)
             nn.init.zeros_(self.align_out.bias)
-        self.blend = (PriorBlend(detail=config.detail, headroom=config.headroom)
+        self.blend = (PriorBlend(detail=config.detail, headroom=config.headroom, detail_space=config.detail_space)
                       if config.prior != "none" else None)
 
     # ---------------------------------------------------------------- construction helpers
