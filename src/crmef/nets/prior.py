@@ -51,7 +51,7 @@ DETAIL_SPACES = ("rgb", "luma")
 """How :class:`PriorBlend` adds the prior's detail (:attr:`crmef.nets.NetConfig.detail_space`)."""
 
 LUMA = (0.2989, 0.5870, 0.1140)
-"""Luma weights of the ``"luma"`` detail space: MATLAB ``rgb2gray``'s, the grey of MEF-SSIM (sum 1)."""
+"""Luma weights of the ``"luma"`` detail space: MATLAB ``rgb2gray``'s, the grey of MEF-SSIM."""
 
 
 def prealign_array(kind: str, under: np.ndarray, over: np.ndarray) -> np.ndarray:
@@ -177,12 +177,13 @@ class PriorBlend(nn.Module):
 
     ``detail_space`` says how that detail ``D`` (3 channels) is added. ``"rgb"``: per channel,
     ``y + D``. ``"luma"``: ``y + Y(D) + s ⊙ (D − Y(D))`` with ``Y`` the luma (:data:`LUMA`, which
-    sums to 1 within 1e-4, so the chroma part has no luma) and ``s = min(1, Y(L(y)) / Y(L(p)))``. The grey
-    image, which carries the structure (MEF-SSIM is computed on it), gets the prior's detail in
-    full either way; the colour of the detail shrinks where the network's base is darker than
-    the prior's. Why: on a dusk scene the network's sky was three times darker than Mertens's,
-    and the per-channel detail of dark palms against that blue sky (red +0.08, blue −0.53) took
-    the blue channel far below 0 while red stayed: clipped, the palms came out red.
+    sums to 1 within 1e-4, so the chroma part has no luma) and ``s = min(1, Y(L(y)) / Y(L(p)))``.
+    The grey image, which carries the structure (MEF-SSIM is computed on it), gets the prior's
+    detail in full either way; the colour of the detail shrinks where the blended base is darker
+    than the prior. Why: on a dusk validation scene the blended base's sky was three times darker
+    than Mertens's, and the per-channel detail of dark palms against that blue sky (red +0.08,
+    blue −0.53) took the blue channel far below 0 while red stayed: clipped, the palms came out
+    red.
 
     With ``headroom = σ_h > 0`` (needs ``detail``) the transferred detail is kept inside [0, 1]
     instead of being clipped: where the output leaves the range, a smooth envelope of the excess
