@@ -255,9 +255,11 @@ class PriorBlend(nn.Module):
             detail = wd * (diff - lowpass(diff, float(self.detail), taps))
             if self.detail_space == "luma":
                 luma = (detail * self.luma).sum(1, keepdim=True)
-                # chroma scale: the base's local luminance over the prior's, at most 1
-                yb = (lowpass(out, float(self.detail), taps) * self.luma).sum(1, keepdim=True)
-                yp = (lowpass(p, float(self.detail), taps) * self.luma).sum(1, keepdim=True)
+                # chroma scale: the base's local luminance over the prior's, at most 1 (the
+                # low-pass is linear and per channel, so the luma of the low-pass is the low-pass
+                # of the luma: one channel each instead of three)
+                yb = lowpass((out * self.luma).sum(1, keepdim=True), float(self.detail), taps)
+                yp = lowpass((p * self.luma).sum(1, keepdim=True), float(self.detail), taps)
                 scale = ((yb + 1e-3) / (yp + 1e-3)).clamp(max=1.0)
                 detail = luma + scale * (detail - luma)
             out = out + detail
