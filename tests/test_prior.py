@@ -202,7 +202,9 @@ def test_luma_detail_space_keeps_the_grey_detail_and_dark_silhouettes_neutral() 
             blend.net[-1].bias.fill_(-40.0)
             blend.detail_head.bias.fill_(40.0)  # type: ignore[union-attr]
             outs[space] = blend(sky, prior, u, o)
-    luma = torch.tensor([0.2989, 0.5870, 0.1140]).view(1, 3, 1, 1)
+    from crmef.metrics.color import MATLAB_GRAY
+
+    luma = torch.tensor(MATLAB_GRAY, dtype=torch.float32).view(1, 3, 1, 1)
     grey = {k: (v * luma).sum(1) for k, v in outs.items()}
     torch.testing.assert_close(grey["luma"], grey["rgb"], atol=1e-4, rtol=0)  # same structure in grey
     trunk = (slice(None), slice(None), slice(24, 40), slice(60, 68))

@@ -36,8 +36,8 @@ net (every slot one op), built by :meth:`FusionNet.supernet` and :meth:`FusionNe
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F

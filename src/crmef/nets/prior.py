@@ -19,7 +19,7 @@
   per-pixel weight ``w_d`` from the same CNN. With ``w_d = 1`` the output takes its tone (local
   means) from the network and its local structure from the classical fusion. In the ``"luma"``
   detail space the detail's luma is added in full and its chroma scaled by the ratio of the
-  network's to the prior's local luminance (at most 1).
+  blended base's to the prior's local luminance (at most 1).
 
 Why: on real brackets whose references fuse the *whole* bracket, the classical fusion of the two
 extreme frames is sometimes the better estimate (few-frame brackets) and sometimes far worse
@@ -49,9 +49,6 @@ PREALIGNS = ("none", "flow")
 
 DETAIL_SPACES = ("rgb", "luma")
 """How :class:`PriorBlend` adds the prior's detail (:attr:`crmef.nets.NetConfig.detail_space`)."""
-
-LUMA = (0.2989, 0.5870, 0.1140)
-"""Luma weights of the ``"luma"`` detail space: MATLAB ``rgb2gray``'s, the grey of MEF-SSIM."""
 
 
 def prealign_array(kind: str, under: np.ndarray, over: np.ndarray) -> np.ndarray:
@@ -176,8 +173,9 @@ class PriorBlend(nn.Module):
     base blend's parameters keep their names, so a model without detail initialises one with.
 
     ``detail_space`` says how that detail ``D`` (3 channels) is added. ``"rgb"``: per channel,
-    ``y + D``. ``"luma"``: ``y + Y(D) + s ⊙ (D − Y(D))`` with ``Y`` the luma (:data:`LUMA`, which
-    sums to 1 within 1e-4, so the chroma part has no luma) and ``s = min(1, Y(L(y)) / Y(L(p)))``.
+    ``y + D``. ``"luma"``: ``y + Y(D) + s ⊙ (D − Y(D))`` with ``Y`` MATLAB's ``rgb2gray``
+    (:data:`crmef.metrics.color.MATLAB_GRAY`, the grey of MEF-SSIM; its weights sum to 1, so the
+    chroma part has no luma) and ``s = min(1, Y(L(y)) / Y(L(p)))``.
     The grey image, which carries the structure (MEF-SSIM is computed on it), gets the prior's
     detail in full either way; the colour of the detail shrinks where the blended base is darker
     than the prior. Why: on a dusk validation scene the blended base's sky was three times darker
@@ -225,7 +223,10 @@ class PriorBlend(nn.Module):
             kx, ky = gaussian_taps(float(self.detail))
             self.register_buffer("taps_x", kx, persistent=False)
             self.register_buffer("taps_y", ky, persistent=False)
-            self.register_buffer("luma", torch.tensor(LUMA).view(1, 3, 1, 1), persistent=False)
+            from crmef.metrics.color import MATLAB_GRAY  # lazy, as gaussian_taps
+
+            self.register_buffer("luma", torch.tensor(MATLAB_GRAY, dtype=torch.float32).view(1, 3, 1, 1),
+                                 persistent=False)
         if self.headroom:
             hx, hy = gaussian_taps(float(self.headroom))
             self.register_buffer("head_x", hx, persistent=False)
@@ -252,14 +253,15 @@ class PriorBlend(nn.Module):
             # detail of the prior minus detail of the blended output: (p - L p) - (out - L out)
             taps = (self.taps_x, self.taps_y)
             diff = p - out
-            detail = wd * (diff - lowpass(diff, float(self.detail), taps))
+            low_diff = lowpass(diff, float(self.detail), taps)
+            detail = wd * (diff - low_diff)
             if self.detail_space == "luma":
                 luma = (detail * self.luma).sum(1, keepdim=True)
-                # chroma scale: the base's local luminance over the prior's, at most 1 (the
-                # low-pass is linear and per channel, so the luma of the low-pass is the low-pass
-                # of the luma: one channel each instead of three)
+                # chroma scale: the base's local luminance over the prior's, at most 1. The
+                # low-pass is linear and per channel: Y(L(out)) = L(Y(out)), one channel, and
+                # Y(L(p)) = Y(L(out)) + Y(L(p - out)), whose low-pass is already there
                 yb = lowpass((out * self.luma).sum(1, keepdim=True), float(self.detail), taps)
-                yp = lowpass((p * self.luma).sum(1, keepdim=True), float(self.detail), taps)
+                yp = yb + (low_diff * self.luma).sum(1, keepdim=True)
                 scale = ((yb + 1e-3) / (yp + 1e-3)).clamp(max=1.0)
                 detail = luma + scale * (detail - luma)
             out = out + detail
