@@ -26,6 +26,19 @@ def test_mertens_range_and_exposure() -> None:
     assert under.mean() + 0.05 < fused.mean() < over.mean()
 
 
+def test_mertens_uses_opencv_default_weights() -> None:
+    # the documented weights: contrast 1, saturation 1, well-exposedness 0 (OpenCV's defaults);
+    # the paper's third term on would give a different fusion
+    scene = _scene()
+    under, over = np.clip(scene * 0.3, 0, 1), np.clip(scene * 3.0, 0, 1)
+    bgr = [np.ascontiguousarray(f[..., ::-1] * np.float32(255.0)) for f in (under, over)]
+    want = np.clip(cv2.createMergeMertens(1.0, 1.0, 0.0).process(bgr)[..., ::-1], 0, 1)
+    third = np.clip(cv2.createMergeMertens(1.0, 1.0, 1.0).process(bgr)[..., ::-1], 0, 1)
+    got = mertens([under, over])
+    assert np.abs(got - want).max() < 1e-6
+    assert np.abs(got - third).max() > 1e-3
+
+
 def test_mean_is_pixel_average() -> None:
     a, b = _scene(), _scene()[::-1].copy()
     np.testing.assert_allclose(mean([a, b]), (a + b) / 2, atol=1e-6)

@@ -34,8 +34,8 @@ def _check_frames(frames: Sequence[np.ndarray], minimum: int = 1) -> list[np.nda
 
 
 def mertens(frames: Sequence[np.ndarray]) -> np.ndarray:
-    """Mertens et al. (2007) exposure fusion with OpenCV's default weights (contrast, saturation,
-    well-exposedness all 1).
+    """Mertens et al. (2007) exposure fusion with OpenCV's default weights (contrast 1,
+    saturation 1, well-exposedness 0: OpenCV leaves the paper's third term out by default).
 
     OpenCV's ``MergeMertens`` scales its input by 1/255 whatever the dtype, so the frames are
     passed as float32 in 0..255 (no 8-bit quantisation) and the result is clipped to [0, 1].

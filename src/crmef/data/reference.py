@@ -6,7 +6,7 @@ Public API:
   ``refs/`` sub-folder (so ``~/.cache/crmef/refs`` by default), decoded frames in ``decoded/``.
 - :func:`mertens_reference` — the reference method: OpenCV's Mertens exposure fusion
   (``cv2.createMergeMertens()`` with its default contrast, saturation and well-exposedness
-  weights 1, 1, 1) of **every** frame of the bracket, clipped to [0, 1].
+  weights 1, 1, 0: no well-exposedness term) of **every** frame of the bracket, clipped to [0, 1].
 - :class:`ArrayCache` — uint8 (H, W, 3) RGB arrays stored as ``.npy`` files, written atomically
   (temporary name, then rename) and memory-mapped on read; an entry is never recomputed when
   present. Keys hash the inputs (absolute paths, file sizes and modification times, frame list,
