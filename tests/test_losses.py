@@ -142,3 +142,30 @@ def test_fusion_loss_mef_term_needs_the_sources() -> None:
         with_mef(y, ref)
     with pytest.raises(ValueError, match="must be >= 0"):
         LossConfig(mef_ssim=-1.0)
+
+
+def test_lpips_loss_matches_the_metric_has_a_gradient_and_joins_the_total() -> None:
+    import os
+
+    from crmef.losses import lpips_loss
+    from crmef.metrics import lpips
+    from crmef.metrics.lpips import weights_installed
+
+    if not weights_installed():
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("LPIPS weights missing in CI: `crmef setup lpips` must run before the tests")
+        pytest.skip("LPIPS weights not installed (run `crmef setup lpips`)")
+    g = torch.Generator().manual_seed(0)
+    ref = torch.rand(2, 3, 64, 64, generator=g)
+    y = (ref + 0.1 * torch.randn(2, 3, 64, 64, generator=g)).clamp(0, 1).requires_grad_(True)
+    loss = lpips_loss(y, ref)
+    assert float(loss.detach()) == pytest.approx(float(lpips(y.detach(), ref).mean()), rel=1e-5)
+    assert float(loss.detach()) > 0.01 and float(lpips_loss(ref, ref)) == pytest.approx(0.0, abs=1e-6)
+    loss.backward()
+    assert y.grad is not None and float(y.grad.abs().sum()) > 0
+    base, parts0 = FusionLoss(LossConfig(adversarial=0.0))(y.detach(), ref)
+    total, parts = FusionLoss(LossConfig(adversarial=0.0, lpips=0.5))(y.detach(), ref)
+    assert "lpips" not in parts0 and parts["lpips"] == pytest.approx(float(loss.detach()), rel=1e-5)
+    assert float(total) == pytest.approx(float(base) + 0.5 * parts["lpips"], rel=1e-5)
+    with pytest.raises(ValueError, match="loss.lpips must be >= 0"):
+        LossConfig(lpips=-1.0)

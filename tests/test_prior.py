@@ -420,3 +420,51 @@ def test_trainer_with_detail_transfer_and_mef_ssim_loss(tmp_path: Path) -> None:
     assert net.config.detail == 16 and net.blend is not None and net.blend.detail_head is not None
     with pytest.raises(ConfigError, match="detail transfer needs a prior"):
         Trainer(load_config(TrainConfig, TINY, [*data, "model.detail=16", "steps=1"]), tmp_path / "r2", progress=False)
+
+
+def test_mertens_detail_prior_has_mertens_tone_and_contrast_weighted_detail(monkeypatch: pytest.MonkeyPatch) -> None:
+    import cv2
+
+    from crmef.baselines import mertens
+    from crmef.nets.prior import DETAIL_SPLIT, DETAIL_WEIGHTS
+
+    made = []
+    real = cv2.createMergeMertens
+
+    def spy(*args: float) -> cv2.MergeMertens:
+        made.append(real(*args))
+        return made[-1]
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:160, 0:192].astype(np.float32)
+    smooth = 0.15 + 0.7 * (0.5 + 0.5 * np.sin(xx / 40.0) * np.cos(yy / 55.0))
+    scene = np.clip(smooth[..., None] * np.float32([1.0, 0.8, 0.6]) + 0.12 * rng.standard_normal((160, 192, 3)), 0, 1)
+    under, over = (scene * 0.35).astype(np.float32), np.clip(scene * 1.8, 0, 1).astype(np.float32)
+    monkeypatch.setattr(cv2, "createMergeMertens", spy)
+    p = prior_array("mertens_detail", under, over)
+    monkeypatch.undo()
+    assert sorted((m.getContrastWeight(), m.getSaturationWeight(), m.getExposureWeight()) for m in made) == \
+        [(1.0, 1.0, 0.0), DETAIL_WEIGHTS]
+    assert p.shape == under.shape and p.dtype == np.float32 and 0.0 <= p.min() and p.max() <= 1.0
+    m, c = mertens_reference([under, over]), mertens([under, over], DETAIL_WEIGHTS)
+
+    def split(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        low = lowpass(torch.from_numpy(a).permute(2, 0, 1)[None], float(DETAIL_SPLIT))[0].permute(1, 2, 0).numpy()
+        return low, a - low
+
+    (lp, dp), (lm, dm), (lc, dc) = split(p), split(m), split(c)
+    assert np.abs(lm - lc).mean() > 0.005 and np.abs(dm - dc).mean() > 0.005  # two different fusions
+    assert np.abs(lp - lm).mean() < 0.25 * np.abs(lc - lm).mean()  # tone: the default Mertens's
+    assert np.abs(dp - dc).mean() < 0.25 * np.abs(dm - dc).mean()  # detail: the contrast-weighted one's
+
+
+def test_mertens_detail_prior_is_a_pair_prior() -> None:
+    net = FusionNet.from_genotype(get_preset("general"), channels=4, prior="mertens_detail", detail=16,
+                                  prealign="flow")
+    assert net.config.prior == "mertens_detail" and net.blend is not None
+    with pytest.raises(ValueError, match="needs prior 'mertens' or 'mertens_detail'"):
+        NetConfig(prior="flow_mertens", prealign="flow")
+    src = [SourceSpec(root=".", kind="brackets")]
+    with pytest.raises(ConfigError, match="mertens_detail.*misalign"):
+        DataConfig(sources=src, prior="mertens_detail", misalign=True)
+    DataConfig(sources=src, prior="mertens_detail", misalign=True, prealign="flow")

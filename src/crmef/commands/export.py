@@ -1,8 +1,9 @@
 """``crmef export``: write a fusion model as ONNX with dynamic height and width.
 
 The graph takes ``under`` and ``over`` (1, 3, H, W) float32 in [0, 1] and returns ``fused``
-(1, 3, H, W); a model with the Mertens prior (``NetConfig.prior``) takes a third input ``prior``,
-the OpenCV Mertens fusion of the whole (under, over) pair (:func:`crmef.nets.prior.prior_array`).
+(1, 3, H, W); a model with a prior (``NetConfig.prior``, in its card) takes a third input ``prior``,
+that prior of the whole (under, over) pair, ``crmef.nets.prior.prior_array(kind, under, over)``
+(for ``"mertens"`` the OpenCV Mertens fusion).
 H and W must be multiples of the model's padding multiple ``net.multiple`` (2 for the paper's
 general network, 8 with the Mertens prior): the PyTorch model pads odd sizes itself, but the traced pad amount would be frozen into
 the graph, so callers of the ONNX model pad (reflect) and crop. The aligned model uses

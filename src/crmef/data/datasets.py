@@ -12,7 +12,7 @@ Public API:
   ``split_file``, ``prior``, ``prealign``.
 - :func:`build_dataset` — a ``torch.utils.data.Dataset`` yielding
   ``{"under": Tensor[3, H, W], "over": Tensor[3, H, W], "ref": Tensor[3, H, W], "name": str}``,
-  float32 RGB in [0, 1]; with ``prior`` (``"mertens"`` or ``"flow_mertens"``,
+  float32 RGB in [0, 1]; with ``prior`` (``"mertens"``, ``"flow_mertens"`` or ``"mertens_detail"``,
   :func:`crmef.nets.prior.prior_array`) also ``"prior"``, the input of networks with that
   ``NetConfig.prior``: for file pairs without misalignment the fusion of the whole frames
   (cached), cropped and augmented with them; for synthesised or synthetically misaligned pairs
@@ -57,7 +57,7 @@ from crmef.data.splitting import hash_split, load_split, lookup_split
 from crmef.data.synth import SynthConfig, load_radiance, random_crop_radiance, synthesize
 from crmef.data.transforms import augment, crop, random_crop_box, to_tensor
 from crmef.errors import ConfigError, CrmefError
-from crmef.nets.prior import PREALIGNS, PRIORS, prealign_array, prior_array
+from crmef.nets.prior import PAIR_PRIORS, PREALIGNS, PRIORS, prealign_array, prior_array
 
 KINDS = ("auto", "brackets", "sice", "paired", "hdr_synth")
 SPLIT_CHOICES = ("train", "val", "test", "all")
@@ -119,8 +119,8 @@ class DataConfig:
         if self.prealign != "none" and self.prior == "none":
             raise ConfigError("data.prealign needs data.prior: the pre-aligned frames are an input of "
                               "networks with a prior (NetConfig.prealign)")
-        if self.prior == "mertens" and self.misalign and self.prealign == "none":
-            raise ConfigError("data.prior='mertens' cannot be combined with data.misalign: the Mertens "
+        if self.prior in PAIR_PRIORS and self.misalign and self.prealign == "none":
+            raise ConfigError(f"data.prior={self.prior!r} cannot be combined with data.misalign: the Mertens "
                               "fusion of misaligned frames is ghosted (use flow_mertens, or prealign: flow)")
 
     @property

@@ -22,9 +22,10 @@ Data flow for an under-exposed ``I_U`` and an over-exposed ``I_O`` (RGB in [0, 1
    - ``direct``: ``y = σ(z)`` (the public code's aligned model).
 
    ``y`` is clipped to [0, 1] with a straight-through gradient, so saturated pixels still learn.
-4. Optionally (``prior = "mertens"`` or ``"flow_mertens"``, not in the paper):
+4. Optionally (``prior = "mertens"``, ``"flow_mertens"`` or ``"mertens_detail"``, not in the paper):
    ``y ← y + w ⊙ (P − y)`` where ``P`` is the Mertens exposure fusion of the two whole input
-   images, after optical-flow alignment for ``flow_mertens`` (:func:`~crmef.nets.prior.prior_image`,
+   images, after optical-flow alignment for ``flow_mertens``, with the detail of a contrast-weighted
+   Mertens fusion for ``mertens_detail`` (:func:`~crmef.nets.prior.prior_image`,
    an input of the network, computed from ``under`` and ``over`` when not given) and ``w ∈ (0, 1)`` comes from a small CNN at 1/8 resolution
    (:class:`~crmef.nets.prior.PriorBlend`): the network learns where the classical fusion is the
    better estimate and where its own output is.
@@ -45,7 +46,7 @@ from torch import Tensor, nn
 
 from crmef.nets.dasm import DASM
 from crmef.nets.drm import DRM
-from crmef.nets.prior import DETAIL_SPACES, PREALIGNS, PRIORS, PriorBlend, prealign_image, prior_image
+from crmef.nets.prior import DETAIL_SPACES, PAIR_PRIORS, PREALIGNS, PRIORS, PriorBlend, prealign_image, prior_image
 from crmef.nets.srsm import SRSM
 from crmef.space import DASM_SLOTS, SRSM_SLOTS, Choice, Genotype, SearchSpace
 
@@ -70,7 +71,7 @@ class NetConfig:
         eps: floor of the Retinex illumination map.
         illum_smooth: box-filter radius applied to the Retinex illumination map (0: the paper's
             per-pixel map; see the module docstring).
-        prior: ``"none"`` (the paper), ``"mertens"`` or ``"flow_mertens"``: blend the output
+        prior: ``"none"`` (the paper), ``"mertens"``, ``"flow_mertens"`` or ``"mertens_detail"``: blend the output
             with that classical fusion of the inputs (module docstring, step 4).
         detail: low-pass scale σ in pixels of the prior's detail transfer (0: none; needs a
             prior; :class:`~crmef.nets.prior.PriorBlend`).
@@ -82,7 +83,7 @@ class NetConfig:
             (0: clip it; needs ``detail``; :class:`~crmef.nets.prior.PriorBlend`).
         prealign: ``"none"`` or ``"flow"``: warp the under frame onto the over frame by DIS
             optical flow before the network (whole image, not differentiable; needs
-            ``prior = "mertens"``, which then is the flow-then-Mertens fusion;
+            ``prior = "mertens"`` (or ``"mertens_detail"``), which then is the flow-then-Mertens fusion;
             :func:`~crmef.nets.prior.prealign_image`).
         align_mode: with alignment, ``"features"`` (the paper: ``F_A = PCD(F_U, F_O) + F_O``, C
             channels into the DRM) or ``"residual"`` (the PCD-aligned features, through a
@@ -127,7 +128,7 @@ class NetConfig:
         if not isinstance(self.detail, int) or isinstance(self.detail, bool) or not 0 <= self.detail <= 512:
             raise ValueError(f"detail must be an integer low-pass scale in pixels, 0..512, got {self.detail!r}")
         if self.detail and self.prior == "none":
-            raise ValueError("detail transfer needs a prior (prior 'mertens' or 'flow_mertens')")
+            raise ValueError("detail transfer needs a prior (prior 'mertens', 'flow_mertens' or 'mertens_detail')")
         if self.detail_space not in DETAIL_SPACES:
             raise ValueError(f"detail_space must be one of {DETAIL_SPACES}, got {self.detail_space!r}")
         if not isinstance(self.headroom, int) or isinstance(self.headroom, bool) or not 0 <= self.headroom <= 512:
@@ -136,8 +137,8 @@ class NetConfig:
             raise ValueError("headroom keeps the transferred detail in range: it needs detail > 0")
         if self.prealign not in PREALIGNS:
             raise ValueError(f"prealign must be one of {PREALIGNS}, got {self.prealign!r}")
-        if self.prealign != "none" and self.prior != "mertens":
-            raise ValueError(f"prealign {self.prealign!r} needs prior 'mertens' (the Mertens fusion of the pre-aligned "
+        if self.prealign != "none" and self.prior not in PAIR_PRIORS:
+            raise ValueError(f"prealign {self.prealign!r} needs prior 'mertens' or 'mertens_detail' (the fusion of the pre-aligned "
                              f"pair; it runs on the whole image with the pre-alignment), got prior {self.prior!r}")
         if self.align_mode not in ALIGN_MODES:
             raise ValueError(f"align_mode must be one of {ALIGN_MODES}, got {self.align_mode!r}")

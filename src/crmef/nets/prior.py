@@ -41,8 +41,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-PRIORS = ("none", "mertens", "flow_mertens")
+PRIORS = ("none", "mertens", "flow_mertens", "mertens_detail")
 """Prior kinds of :attr:`crmef.nets.NetConfig.prior`."""
+
+PAIR_PRIORS = ("mertens", "mertens_detail")
+"""Priors that fuse the (under, over) pair as given: ghosted on misaligned frames unless they are
+pre-aligned (:attr:`crmef.nets.NetConfig.prealign`)."""
+
+DETAIL_WEIGHTS = (3.0, 1.0, 1.0)
+"""Mertens's (contrast, saturation, well-exposedness) exponents of the detail of ``"mertens_detail"``."""
+
+DETAIL_SPLIT = 32
+"""Scale (pixels, :func:`lowpass`) at which ``"mertens_detail"`` splits tone from detail."""
 
 PREALIGNS = ("none", "flow")
 """Pre-alignment kinds of :attr:`crmef.nets.NetConfig.prealign`."""
@@ -73,7 +83,12 @@ def prior_array(kind: str, under: np.ndarray, over: np.ndarray) -> np.ndarray:
     ``"mertens"``: OpenCV's Mertens fusion (:func:`crmef.data.reference.mertens_reference`, the
     method of the full-bracket references); ``"flow_mertens"``: the under frame warped onto the
     over frame by DIS optical flow, then Mertens (:func:`crmef.baselines.flow_mertens`; for
-    hand-held brackets, whose references are registered to the over frame).
+    hand-held brackets, whose references are registered to the over frame);
+    ``"mertens_detail"``: the tone (:func:`lowpass` at :data:`DETAIL_SPLIT` px) of ``"mertens"``
+    and the detail above it of a Mertens fusion with a stronger contrast weight
+    (:data:`DETAIL_WEIGHTS`), ``c + L(m − c)``, clipped. Why: on validation brackets the
+    contrast-weighted fusion keeps the sources' local structure better (MEF-SSIM 0.9875 against
+    0.9857 for OpenCV's defaults) while its tone is further from the references.
     """
     # data/baselines layers, imported lazily (they import crmef.nets indirectly)
     if kind == "mertens":
@@ -84,6 +99,15 @@ def prior_array(kind: str, under: np.ndarray, over: np.ndarray) -> np.ndarray:
         from crmef.baselines import flow_mertens
 
         return flow_mertens(under, over)
+    if kind == "mertens_detail":
+        from crmef.baselines import mertens
+        from crmef.data.reference import mertens_reference
+
+        m = torch.from_numpy(mertens_reference([under, over])).permute(2, 0, 1)[None]
+        c = torch.from_numpy(mertens([under, over], DETAIL_WEIGHTS)).permute(2, 0, 1)[None]
+        with torch.no_grad():
+            p = c + lowpass(m - c, float(DETAIL_SPLIT))
+        return np.ascontiguousarray(p[0].clamp(0.0, 1.0).permute(1, 2, 0).numpy(), dtype=np.float32)
     raise ValueError(f"unknown prior {kind!r}; use one of {PRIORS[1:]}")
 
 
