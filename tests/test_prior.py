@@ -468,3 +468,46 @@ def test_mertens_detail_prior_is_a_pair_prior() -> None:
     with pytest.raises(ConfigError, match="mertens_detail.*misalign"):
         DataConfig(sources=src, prior="mertens_detail", misalign=True)
     DataConfig(sources=src, prior="mertens_detail", misalign=True, prealign="flow")
+
+
+def test_dark_guard_moves_the_blend_to_the_prior_only_where_the_output_is_far_darker() -> None:
+    from crmef.nets.prior import GUARD_FLOOR, GUARD_GAIN
+
+    torch.manual_seed(0)
+    plain, guarded = PriorBlend(detail=32), PriorBlend(detail=32, dark_guard=1.0)
+    torch.nn.init.normal_(plain.net[-1].weight, std=0.3)  # a trained-looking blend
+    guarded.load_state_dict(plain.state_dict())
+    h, w = 64, 128
+    p = torch.full((1, 3, h, w), 0.4)
+    y = p.clone()
+    y[..., : w // 2] = 0.02  # left: 4.3 stops darker than the prior (grey 0.02 + floor vs 0.4 + floor)
+    y[..., w // 2:] = 0.3   # right: 0.4 stops darker, inside the 1-stop threshold
+    u, o = y * 0.5, (y * 2).clamp(0, 1)
+    with torch.no_grad():
+        w0, d0 = plain.weight_maps(y, p, u, o)
+        w1, d1 = guarded.weight_maps(y, p, u, o)
+        out = guarded(y, p, u, o)
+    left, right = (..., slice(0, w // 2 - 16)), (..., slice(w // 2 + 16, w))
+    lift = GUARD_GAIN * (np.log2((0.4 + GUARD_FLOOR) / (0.02 + GUARD_FLOOR)) - 1.0)  # 2 x 2.8 stops
+    torch.testing.assert_close(torch.logit(w1[left]) - torch.logit(w0[left]), torch.full_like(w0[left], lift),
+                               atol=1e-3, rtol=0)
+    assert float(w0[left].mean()) < 0.3 and float(w1[left].min()) > 0.85
+    torch.testing.assert_close(w1[right], w0[right])  # within the threshold: untouched
+    assert bool((w1 >= w0 - 1e-6).all())  # the guard only ever moves towards the prior
+    torch.testing.assert_close(d1, d0)  # the detail weights are not its business
+    assert float(out[left].mean()) > 0.35  # the far-too-dark side takes the prior's tone
+
+
+def test_dark_guard_option_validation_and_card_round_trip(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="dark_guard must be a threshold"):
+        NetConfig(prior="mertens", dark_guard=-1.0)
+    with pytest.raises(ValueError, match="needs a prior"):
+        NetConfig(dark_guard=1.0)
+    with pytest.raises(ValueError, match="dark_guard must be a threshold"):
+        PriorBlend(dark_guard=float("nan"))
+    net = FusionNet.from_genotype(get_preset("general"), channels=4, prior="mertens", detail=16, dark_guard=1.5)
+    assert net.blend is not None and net.blend.dark_guard == 1.5
+    save_model(net, tmp_path / "m", {"name": "m"})
+    back = load_model(tmp_path / "m.safetensors")
+    assert back.config.dark_guard == 1.5 and back.blend is not None and back.blend.dark_guard == 1.5
+    assert json.loads((tmp_path / "m.json").read_text())["dark_guard"] == 1.5

@@ -97,6 +97,8 @@ class ModelSpec:
         detail_space: ``"rgb"`` (detail added per channel) or ``"luma"`` (its luma in full, its
             chroma scaled by the base-to-prior luminance ratio; :class:`~crmef.nets.prior.PriorBlend`).
         headroom: envelope scale (pixels) that keeps the transferred detail in [0, 1] (0: clip).
+        dark_guard: stops (0: off) beyond which an output darker than the prior moves the blend
+            towards the prior (:class:`~crmef.nets.prior.PriorBlend`).
         prealign: ``"none"`` or ``"flow"`` (the under frame warped onto the over frame by optical
             flow before the network; needs ``prior: mertens`` or ``mertens_detail``).
         align_mode: ``"features"`` (the paper's DASM) or ``"residual"`` (DASM corrects the relit
@@ -118,6 +120,7 @@ class ModelSpec:
     detail: int = 0
     detail_space: str = "rgb"
     headroom: int = 0
+    dark_guard: float = 0.0
     prealign: str = "none"
     align_mode: str = "features"
     init_from: str | list[str | dict[str, str]] | None = None

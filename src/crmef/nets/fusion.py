@@ -52,7 +52,8 @@ from crmef.space import DASM_SLOTS, SRSM_SLOTS, Choice, Genotype, SearchSpace
 
 HEADS = ("retinex", "direct")
 ALIGN_MODES = ("features", "residual")
-NET_OPTIONS = ("eps", "illum_smooth", "prior", "detail", "detail_space", "headroom", "prealign", "align_mode")
+NET_OPTIONS = ("eps", "illum_smooth", "prior", "detail", "detail_space", "headroom", "dark_guard", "prealign",
+               "align_mode")
 """The :class:`NetConfig` fields a derived net takes besides its genotype, channels, cascades
 and head: :meth:`FusionNet.from_genotype`'s options, the model card's remaining structural keys
 (:mod:`crmef.models`) and the training config's model options (:class:`crmef.train.ModelSpec`)."""
@@ -81,6 +82,9 @@ class NetConfig:
             turning dark detail red; :class:`~crmef.nets.prior.PriorBlend`).
         headroom: envelope scale σ_h in pixels that keeps the transferred detail inside [0, 1]
             (0: clip it; needs ``detail``; :class:`~crmef.nets.prior.PriorBlend`).
+        dark_guard: threshold τ in stops (0: off; needs a prior): where the network's output is
+            locally more than ``2^τ`` times darker than the prior, the blend moves towards the
+            prior (:class:`~crmef.nets.prior.PriorBlend`).
         prealign: ``"none"`` or ``"flow"``: warp the under frame onto the over frame by DIS
             optical flow before the network (whole image, not differentiable; needs
             ``prior = "mertens"`` (or ``"mertens_detail"``), which then is the flow-then-Mertens fusion;
@@ -104,6 +108,7 @@ class NetConfig:
     detail: int = 0
     detail_space: str = "rgb"
     headroom: int = 0
+    dark_guard: float = 0.0
     prealign: str = "none"
     align_mode: str = "features"
     space: SearchSpace = field(default_factory=SearchSpace)
@@ -135,6 +140,10 @@ class NetConfig:
             raise ValueError(f"headroom must be an integer envelope scale in pixels, 0..512, got {self.headroom!r}")
         if self.headroom and not self.detail:
             raise ValueError("headroom keeps the transferred detail in range: it needs detail > 0")
+        if isinstance(self.dark_guard, bool) or not isinstance(self.dark_guard, (int, float)) or not 0 <= self.dark_guard <= 16:
+            raise ValueError(f"dark_guard must be a threshold in stops, 0..16, got {self.dark_guard!r}")
+        if self.dark_guard and self.prior == "none":
+            raise ValueError("dark_guard moves the blend towards the prior: it needs a prior")
         if self.prealign not in PREALIGNS:
             raise ValueError(f"prealign must be one of {PREALIGNS}, got {self.prealign!r}")
         if self.prealign != "none" and self.prior not in PAIR_PRIORS:
@@ -239,7 +248,8 @@ class FusionNet(nn.Module):
             self.align_out = nn.Conv2d(c, 3, 3, padding=1)
             nn.init.zeros_(self.align_out.weight)
             nn.init.zeros_(self.align_out.bias)
-        self.blend = (PriorBlend(detail=config.detail, headroom=config.headroom, detail_space=config.detail_space)
+        self.blend = (PriorBlend(detail=config.detail, headroom=config.headroom, detail_space=config.detail_space,
+                                 dark_guard=float(config.dark_guard))
                       if config.prior != "none" else None)
 
     # ---------------------------------------------------------------- construction helpers
