@@ -511,3 +511,13 @@ def test_dark_guard_option_validation_and_card_round_trip(tmp_path: Path) -> Non
     back = load_model(tmp_path / "m.safetensors")
     assert back.config.dark_guard == 1.5 and back.blend is not None and back.blend.dark_guard == 1.5
     assert json.loads((tmp_path / "m.json").read_text())["dark_guard"] == 1.5
+
+
+def test_prior_cache_key_follows_the_prior_definition(monkeypatch: pytest.MonkeyPatch) -> None:
+    import crmef.nets.prior as prior_module
+    from crmef.nets.prior import prior_version
+
+    assert prior_version("mertens") == "mertens"  # unchanged: existing caches stay valid
+    before = prior_version("mertens_detail")
+    monkeypatch.setattr(prior_module, "DETAIL_WEIGHTS", (3.0, 1.0, 1.0))
+    assert prior_version("mertens_detail") != before

@@ -44,7 +44,7 @@ def mertens(frames: Sequence[np.ndarray], weights: tuple[float, float, float] | 
         frames: two or more float32 (H, W, 3) RGB images in [0, 1], same size, any order.
         weights: the exponents (contrast, saturation, well-exposedness) of Mertens's quality
             measures; None: OpenCV's defaults (the baseline). The prior ``"mertens_detail"``
-            (:func:`crmef.nets.prior.prior_array`) takes its detail from (3, 1, 1).
+            (:func:`crmef.nets.prior.prior_array`) takes its detail from (2, 1, 0).
 
     Returns:
         float32 (H, W, 3) RGB in [0, 1].

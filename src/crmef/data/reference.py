@@ -130,9 +130,9 @@ class ArrayCache:
         """The prior of one (under, over) pair of whole frames (:func:`crmef.nets.prior.prior_array`,
         e.g. their Mertens fusion; after :meth:`pair_prealigned` when ``prealign`` is set), uint8
         (H, W, 3) RGB: the prior input of networks with ``NetConfig.prior = kind``."""
-        from crmef.nets.prior import prior_array
+        from crmef.nets.prior import prior_array, prior_version
 
-        key = [REFERENCE_METHOD, "pair", kind, _file_id(under), _file_id(over), list(size)]
+        key = [REFERENCE_METHOD, "pair", prior_version(kind), _file_id(under), _file_id(over), list(size)]
         if prealign != "none":
             key.append(prealign)
 
