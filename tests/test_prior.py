@@ -27,10 +27,10 @@ torch.set_num_threads(1)
 
 
 def _net(prior: str = "mertens", seed: int = 0, detail: int = 0, headroom: int = 0,
-         detail_space: str = "rgb") -> FusionNet:
+         detail_space: str = "rgb", dark_guard: float = 0.0) -> FusionNet:
     torch.manual_seed(seed)
     net = FusionNet.from_genotype(get_preset("general"), channels=4, prior=prior, detail=detail,
-                                  headroom=headroom, detail_space=detail_space).eval()
+                                  headroom=headroom, detail_space=detail_space, dark_guard=dark_guard).eval()
     if net.blend is not None:  # a trained-looking blend (the zero-initialised last conv would hide bugs)
         torch.nn.init.normal_(net.blend.net[-1].weight, std=0.3)
         if net.blend.detail_head is not None:
@@ -313,20 +313,22 @@ def test_tiles_get_the_whole_image_prior(detail: int, headroom: int, space: str)
     assert fast.shape == u.shape and np.isfinite(fast).all()
 
 
-@pytest.mark.parametrize(("detail", "headroom", "space"), [(0, 0, "rgb"), (32, 0, "rgb"), (32, 64, "rgb"),
-                                                      (32, 64, "luma")])
-def test_onnx_parity_with_prior_input(tmp_path: Path, detail: int, headroom: int, space: str) -> None:
+@pytest.mark.parametrize(("detail", "headroom", "space", "guard", "prior"),
+                         [(0, 0, "rgb", 0.0, "mertens"), (32, 0, "rgb", 0.0, "mertens"), (32, 64, "rgb", 0.0, "mertens"),
+                          (32, 64, "luma", 0.0, "mertens"), (96, 64, "luma", 1.0, "mertens_detail")])
+def test_onnx_parity_with_prior_input(tmp_path: Path, detail: int, headroom: int, space: str, guard: float,
+                                      prior: str) -> None:
     ort = pytest.importorskip("onnxruntime")
     from crmef.commands.export import export_onnx
 
-    net = _net(detail=detail, headroom=headroom, detail_space=space)
+    net = _net(prior, detail=detail, headroom=headroom, detail_space=space, dark_guard=guard)
     path = export_onnx(net, tmp_path / "p.onnx")
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [i.name for i in sess.get_inputs()] == ["under", "over", "prior"]
     assert net.multiple == 8  # the blend's 1/8 grid; ONNX callers pad to it (crmef.commands.export)
     for h, w in [(48, 64), (88, 40)]:
         u, o = _pair(h, w)
-        p = prior_image("mertens", u, o)
+        p = prior_image(prior, u, o)
         got = sess.run(None, {"under": u.numpy(), "over": o.numpy(), "prior": p.numpy()})[0]
         with torch.no_grad():
             want = net(u, o).numpy()
