@@ -94,8 +94,9 @@ class ModelSpec:
         prior: ``"none"`` (the paper), ``"mertens"``, ``"flow_mertens"`` or ``"mertens_detail"`` (learned blend with that
             classical fusion of the inputs; :mod:`crmef.nets.prior`).
         detail: low-pass scale (pixels) of the prior's learned detail transfer (0: none).
-        detail_space: ``"rgb"`` (detail added per channel) or ``"luma"`` (its luma in full, its
-            chroma scaled by the base-to-prior luminance ratio; :class:`~crmef.nets.prior.PriorBlend`).
+        detail_space: ``"rgb"`` (detail added per channel), ``"luma"`` (its luma in full, its
+            chroma scaled by the base-to-prior luminance ratio) or ``"luma_gamut"`` (and its chroma
+            kept in [0, 1]; :class:`~crmef.nets.prior.PriorBlend`).
         headroom: envelope scale (pixels) that keeps the transferred detail in [0, 1] (0: clip).
         dark_guard: stops (0: off) beyond which an output darker than the prior moves the blend
             towards the prior (:class:`~crmef.nets.prior.PriorBlend`).

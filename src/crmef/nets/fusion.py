@@ -79,7 +79,8 @@ class NetConfig:
         detail_space: how the detail is added: ``"rgb"`` (per channel) or ``"luma"`` (its luma
             in full, its chroma scaled by the base-to-prior luminance ratio, at most 1: a base
             darker than the prior keeps the prior's grey contrast without its colour contrast
-            turning dark detail red; :class:`~crmef.nets.prior.PriorBlend`).
+            turning dark detail red; :class:`~crmef.nets.prior.PriorBlend`), or ``"luma_gamut"``
+            (as ``"luma"``, the chroma further limited so that no channel leaves [0, 1]).
         headroom: envelope scale σ_h in pixels that keeps the transferred detail inside [0, 1]
             (0: clip it; needs ``detail``; :class:`~crmef.nets.prior.PriorBlend`).
         dark_guard: threshold τ in stops (0: off; needs a prior): where the network's output is
