@@ -316,7 +316,7 @@ def test_tiles_get_the_whole_image_prior(detail: int, headroom: int, space: str)
 
 @pytest.mark.parametrize(("detail", "headroom", "space", "guard", "prior"),
                          [(0, 0, "rgb", 0.0, "mertens"), (32, 0, "rgb", 0.0, "mertens"), (32, 64, "rgb", 0.0, "mertens"),
-                          (32, 64, "luma", 0.0, "mertens"), (96, 64, "luma", 1.0, "mertens_detail")])
+                          (32, 64, "luma", 0.0, "mertens"), (96, 64, "luma_gamut", 1.0, "mertens_detail")])
 def test_onnx_parity_with_prior_input(tmp_path: Path, detail: int, headroom: int, space: str, guard: float,
                                       prior: str) -> None:
     ort = pytest.importorskip("onnxruntime")
