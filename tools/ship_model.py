@@ -16,6 +16,10 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from crmef.nets.fusion import FusionNet
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,7 +31,7 @@ REFERENCES = {
 }
 
 
-def with_options(net, pairs: list[str]):  # noqa: ANN001, ANN201 (crmef imported lazily)
+def with_options(net: FusionNet, pairs: list[str]) -> FusionNet:
     """The same weights in a network built with some options changed (``KEY=VALUE`` strings).
 
     Raises:
