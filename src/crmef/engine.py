@@ -358,6 +358,21 @@ class ExposureModel:
         return blend(ordered, logits, gain, self.cfg)
 
 
+def select_frames(frames: Sequence[np.ndarray], extremes: bool = False) -> tuple[list[int], list[int]]:
+    """Which frames to fuse: ``(used, skipped)`` indices into ``frames`` (used: dark to bright).
+
+    Every usable frame (:func:`usable_frames`), or with ``extremes`` only the darkest and
+    brightest of them; ``skipped`` are the nearly all-black or all-white frames left out.
+    """
+    means = [float(gray(cv2.resize(f, (32, 32), interpolation=cv2.INTER_AREA)).mean()) for f in frames]
+    keep = usable_frames(frames)
+    keep.sort(key=lambda i: means[i])
+    skipped = sorted(set(range(len(frames))) - set(keep))
+    if extremes and len(keep) > 2:
+        keep = [keep[0], keep[-1]]
+    return keep, skipped
+
+
 def engine_card(model: str | os.PathLike[str]) -> Path | None:
     """The engine card a ``--model`` value names (a shipped name or a ``.json`` path), else None."""
     text = str(model)

@@ -192,7 +192,8 @@ def latency_table(net: ExposureNet, cfg: ExposureTrainConfig, out: Path, frames:
     return table, shape
 
 
-def run(stage: str, cfg: ExposureTrainConfig, out: Path, genotype: list[str] | None, resume: bool) -> dict:
+def run(stage: str, cfg: ExposureTrainConfig, out: Path, genotype: list[str] | None, resume: bool,
+        overrides: list[str] | None = None) -> dict:
     """Run one stage; returns a summary dict (also written to ``out/summary.json``)."""
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -242,7 +243,7 @@ def run(stage: str, cfg: ExposureTrainConfig, out: Path, genotype: list[str] | N
             x, y = augment(cap_frames(pick_frames(sc, rng), cfg.max_frames, rng), sc.ref, rng)
             loss = scene_loss(net, x, y, cfg) / cfg.batch
             loss.backward()
-            total += float(loss)
+            total += float(loss.detach())
         opt.step()
         sched.step()
         msg = f"step {step + 1}/{cfg.steps} loss {total:.4f}"
@@ -262,7 +263,8 @@ def run(stage: str, cfg: ExposureTrainConfig, out: Path, genotype: list[str] | N
             if arch_opt is not None:
                 state["arch_opt"] = arch_opt.state_dict()
             _save(state, ckpt)
-    summary: dict = {"stage": stage, "config": asdict(cfg), "steps": cfg.steps, "seconds": round(time.time() - t0)}
+    summary: dict = {"stage": stage, "config": asdict(cfg), "steps": cfg.steps, "seconds": round(time.time() - t0),
+                     "overrides": list(overrides or [])}
     if stage == "search":
         assert expected is not None
         summary.update(genotype=net.genotype(), derived_ms=expected.derived_ms(),
@@ -280,15 +282,93 @@ def run(stage: str, cfg: ExposureTrainConfig, out: Path, genotype: list[str] | N
     return summary
 
 
+def ship(run_dir: Path, weights_dir: Path | None = None) -> list[Path]:
+    """Ship a trained run: ``exposure.safetensors`` + ``exposure.onnx`` + the cards ``general.json``
+    and ``aligned.json`` (the same network; ``aligned`` pre-aligns every frame by optical flow).
+
+    The cards keep the run's configuration and genotype; measured metrics are added by
+    ``benchmarks/eval_models.py --write-cards``.
+    """
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from crmef.engine import WEIGHTS_DIR
+    from crmef.nets.exposure import count_flops, export_onnx
+    from crmef.utils import atomic_write_text
+
+    weights_dir = weights_dir or WEIGHTS_DIR
+    summary = json.loads((run_dir / "summary.json").read_text())
+    cfg_d = summary["config"]
+    blend = BlendConfig(**cfg_d["blend"])
+    net = ExposureNet.from_ops(summary["genotype"], cfg_d["channels"], blend.max_gain)
+    net.load_state_dict(load_file(str(run_dir / "exposure.safetensors")))
+    shutil.copyfile(run_dir / "exposure.safetensors", weights_dir / "exposure.safetensors")
+    tmp = weights_dir / "exposure.onnx.tmp"
+    export_onnx(net, str(tmp))
+    tmp.replace(weights_dir / "exposure.onnx")
+    shape = (170, blend.work_size)
+    search = {}
+    search_summary = run_dir.parent / "exp_search" / "summary.json"
+    if search_summary.is_file():
+        s = json.loads(search_summary.read_text())
+        search = {k: s.get(k) for k in ("genotype", "derived_ms", "alphas", "candidates", "steps", "seconds")}
+        search["eta"] = s["config"]["eta"]
+    out = []
+    for name, prealign in (("general", None), ("aligned", "flow")):
+        card_path = weights_dir / f"{name}.json"
+        old = json.loads(card_path.read_text()) if card_path.is_file() else {}
+        card = {
+            "name": name,
+            "onnx": "exposure.onnx",
+            "weights": "exposure.safetensors",
+            "network": "ExposureNet",
+            "genotype": summary["genotype"],
+            "channels": cfg_d["channels"],
+            "params": sum(p.numel() for p in net.parameters()),
+            "mflops_3_frames_at_work_size": round(count_flops(net, 3, shape) / 1e6, 2),
+            "blend": blend.to_dict(),
+            "prealign": prealign,
+            "training": {
+                "config": cfg_d,
+                "steps": summary["steps"],
+                "seconds": summary["seconds"],
+                "search": search,
+                "commands": [
+                    "python -m crmef.exposure_train search --out runs/exp_search " + " ".join(
+                        f"--set {k}" for k in ("steps=60", "batch=2", "warmup=15", "arch_lr=0.01")),
+                    "python -m crmef.exposure_train train --genotype runs/exp_search/genotype.json "
+                    "--out runs/exp_train " + " ".join(f"--set {k}" for k in summary.get("overrides", [])),
+                    "python -m crmef.exposure_train ship runs/exp_train",
+                ],
+                "data": "training split of ../shared/data (src/crmef/data/splits/shared.json): sequences "
+                        "(reference: OpenCV Mertens of the full bracket) and synthetic pairs of the HDR maps",
+            },
+            "metrics": old.get("metrics", {}),
+        }
+        atomic_write_text(card_path, json.dumps(card, indent=1) + "\n")
+        out.append(card_path)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("stage", choices=("search", "train"))
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("stage", choices=("search", "train", "ship"))
+    p.add_argument("run", type=Path, nargs="?", help="ship: the train stage's output folder")
+    p.add_argument("--out", type=Path)
     p.add_argument("--genotype", type=Path, help="genotype.json of the search (train stage)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a field of ExposureTrainConfig, e.g. --set steps=60 --set eta=0.5")
     p.add_argument("--resume", action="store_true")
     args = p.parse_args(argv)
+    if args.stage == "ship":
+        if args.run is None:
+            p.error("ship needs the train stage's output folder")
+        for path in ship(args.run):
+            print(path)
+        return 0
+    if args.out is None:
+        p.error("--out is required")
     cfg = ExposureTrainConfig()
     for item in args.set:
         key, _, value = item.partition("=")
@@ -296,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"--set {item}: unknown or structured field {key!r}")
         setattr(cfg, key, type(getattr(cfg, key))(value))
     genotype = json.loads(args.genotype.read_text()) if args.genotype else None
-    run(args.stage, cfg, args.out, genotype, args.resume)
+    run(args.stage, cfg, args.out, genotype, args.resume, overrides=args.set)
     return 0
 
 

@@ -223,4 +223,17 @@ def count_flops(net: ExposureNet, n: int, shape: tuple[int, int]) -> float:
     return float(fc.get_total_flops())
 
 
-__all__ = ["EXPOSURE_SLOTS", "ExposureNet", "blend_torch", "fuse_torch", "count_flops", "math"]
+def export_onnx(net: ExposureNet, path: str, opset: int = 17) -> None:
+    """Export to ONNX: input ``frames`` (N, 3, h, w), outputs ``logits`` (N, 1, h, w) and ``gain``
+    (1, 1, h, w); N, h and w dynamic (h, w even)."""
+    net = net.eval()
+    with torch.no_grad():
+        torch.onnx.export(
+            net, (torch.rand(3, 3, 64, 96),), path, input_names=["frames"], output_names=["logits", "gain"],
+            dynamic_axes={"frames": {0: "n", 2: "h", 3: "w"}, "logits": {0: "n", 2: "h", 3: "w"},
+                          "gain": {2: "h", 3: "w"}},
+            opset_version=opset, dynamo=False,
+        )
+
+
+__all__ = ["export_onnx", "EXPOSURE_SLOTS", "ExposureNet", "blend_torch", "fuse_torch", "count_flops", "math"]
