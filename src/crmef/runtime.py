@@ -11,7 +11,7 @@ Public API:
   no rank enters a collective the others skip.
 - :func:`seed_everything`, :func:`git_revision`, :func:`rng_state` / :func:`set_rng_state`
   (python, numpy, torch and every CUDA device; JSON-ready).
-- Checkpoints: :func:`save_checkpoint` writes ``<root>/step-0000123/`` (one ``.safetensors`` file
+- Checkpoints: :func:`save_checkpoint` writes ``<root>/step-0000123/`` (search: ``epoch-…``) (one ``.safetensors`` file
   per part and ``state.json``) under a temporary name, renames it whole, then switches
   ``<root>/latest`` (one line, written atomically) to it and prunes older ones; a SIGKILL at any
   moment leaves ``latest`` naming a complete checkpoint. :func:`latest_checkpoint`,
@@ -251,8 +251,8 @@ def _save_tensors(tensors: dict[str, Tensor], path: Path) -> None:
 
 
 def save_checkpoint(root: str | os.PathLike[str], step: int, parts: dict[str, dict[str, Tensor]],
-                    state: dict[str, Any], keep: int = 2) -> Path:
-    """Write ``<root>/step-<step>/`` atomically, point ``<root>/latest`` at it, keep ``keep`` newest.
+                    state: dict[str, Any], keep: int = 2, prefix: str = "step") -> Path:
+    """Write ``<root>/<prefix>-<step>/`` atomically, point ``<root>/latest`` at it, keep ``keep`` newest.
 
     Args:
         root: the checkpoints folder.
@@ -260,13 +260,14 @@ def save_checkpoint(root: str | os.PathLike[str], step: int, parts: dict[str, di
         parts: ``{name: {tensor name: Tensor}}``, one ``<name>.safetensors`` each.
         state: everything else (JSON-ready; RNG states, step, history...), as ``state.json``.
         keep: how many checkpoints to keep (>= 1).
+        prefix: ``step`` (training) or ``epoch`` (search).
 
     Returns:
         The checkpoint folder.
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    name = f"step-{step:07d}"
+    name = f"{prefix}-{step:07d}"
     final = root / name
     tmp = root / f".{name}.tmp-{os.getpid()}"
     if tmp.exists():
@@ -279,7 +280,7 @@ def save_checkpoint(root: str | os.PathLike[str], step: int, parts: dict[str, di
         shutil.rmtree(final)
     os.replace(tmp, final)
     atomic_write_text(root / LATEST, name + "\n")
-    done = sorted(p for p in root.glob("step-*") if p.is_dir() and p.name != name)
+    done = sorted(p for p in root.glob(f"{prefix}-*") if p.is_dir() and p.name != name)
     for old in done[: max(len(done) - (keep - 1), 0)]:
         shutil.rmtree(old, ignore_errors=True)
     return final
