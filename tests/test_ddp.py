@@ -62,7 +62,7 @@ WORKER = textwrap.dedent(
         if rank == 1:
             t0 = time.monotonic()
             Trainer._clock = staticmethod(lambda: t0 + 1000 * (time.monotonic() - t0))
-        r = train(cfg("steps=400", "max_minutes=0.005", "data.samples_per_epoch=16"), f"{out}/stop", progress=False)
+        r = train(cfg("steps=400", "max_minutes=0.04", "data.samples_per_epoch=16"), f"{out}/stop", progress=False)
         res["stop"] = [r.step, r.stopped_early]
         Trainer._clock = staticmethod(time.monotonic)
         r = train(cfg(f"steps={r.step + 2}", "data.samples_per_epoch=16"), f"{out}/stop", resume=True, progress=False)
@@ -105,10 +105,14 @@ def _hdr_maps(root: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def hdr(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _hdr_maps(tmp_path_factory.mktemp("maps") / "hdr")
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory: pytest.TempPathFactory, hdr: Path) -> dict:
     """Run the 2-rank cases once; returns ``{"dir", "hdr", "ranks": [rank 0's, rank 1's results]}``."""
     base = tmp_path_factory.mktemp("ddp")
-    hdr = _hdr_maps(base / "hdr")
     script = base / "ddp_train.py"
     script.write_text(WORKER)
     out = base / "runs"
@@ -156,6 +160,34 @@ def test_two_ranks_equal_one_rank_with_the_doubled_batch(two_ranks: dict, tmp_pa
     torch.manual_seed(0)
     init = build_net(load_config(TrainConfig, TINY, sets).model).state_dict()
     assert any(not torch.allclose(init[k], a[k]) for k in a)
+
+
+def test_losses_run_in_float32_outside_autocast(hdr: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``amp`` the generator's forward pass runs under bf16 autocast, the critic and every
+    loss in float32 outside it (forced on CPU here; on CUDA it is the default)."""
+    import crmef.train as T
+
+    torch.set_num_threads(1)
+    sets = [f"data.sources=[{{root: '{hdr}', kind: hdr_synth}}]", "data.split=all", "val=null"]
+    trainer = T.Trainer(load_config(TrainConfig, TINY, sets), tmp_path / "run", progress=False)
+    trainer.amp = True
+    trainer.step = trainer.cfg.gan_start  # the critic is on
+    seen: dict[str, object] = {}
+    trainer.net.register_forward_hook(lambda m, i, o: seen.update(net=torch.is_autocast_enabled("cpu")))
+    real_loss, real_critic = trainer.criterion, T.critic_loss
+
+    def criterion(y, ref, critic=None, sources=None):
+        seen.update(loss=(torch.is_autocast_enabled("cpu"), y.dtype))
+        return real_loss(y, ref, critic, sources=sources)
+
+    def critic_loss(critic, ref, y, gp):
+        seen.update(critic=(torch.is_autocast_enabled("cpu"), y.dtype))
+        return real_critic(critic, ref, y, gp)
+
+    trainer.criterion = criterion  # type: ignore[assignment]
+    monkeypatch.setattr(T, "critic_loss", critic_loss)
+    trainer.train_step(next(iter(trainer.loader)))
+    assert seen == {"net": True, "loss": (False, torch.float32), "critic": (False, torch.float32)}
 
 
 # ----------------------------------------------------------------------------- paper configs

@@ -26,6 +26,7 @@ Public API:
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import random
@@ -146,12 +147,19 @@ class Runtime:
             dist.destroy_process_group()
 
 
-def setup(device: str | torch.device | None = "auto", threads: int | None = None) -> Runtime:
+PG_TIMEOUT_S = 3600
+
+
+def setup(device: str | torch.device | None = "auto", threads: int | None = None,
+          timeout_s: float = PG_TIMEOUT_S) -> Runtime:
     """The runtime of this process: device, and the process group under ``torchrun``.
 
     Args:
         device: ``auto``, ``cpu``, ``cuda``... (a data-parallel CUDA run uses ``cuda:LOCAL_RANK``).
         threads: torch intra-op threads (None: torch's default).
+        timeout_s: how long a collective may wait before the run fails. One hour, not NCCL's ten
+            minutes: the other ranks wait at a barrier while rank 0 decodes a dataset into its
+            cache (:func:`prepare_cache`) or measures a latency table.
 
     Raises:
         ValueError: an unavailable device was requested.
@@ -167,7 +175,8 @@ def setup(device: str | torch.device | None = "auto", threads: int | None = None
         torch.cuda.set_device(dev)
     owns = False
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo",
+                                timeout=datetime.timedelta(seconds=timeout_s))
         owns = True
     return Runtime(dev, dist.get_rank(), dist.get_world_size(), owns)
 
