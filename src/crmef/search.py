@@ -644,6 +644,7 @@ class _SearchRun:
         optim_from_tensors(self.w_opt, "w", ck["optim"], st["optim"]["w"])
         optim_from_tensors(self.architect.optimizer, "alpha", ck["optim"], st["optim"]["alpha"])
         self.sched.load_state_dict(st["sched"])
+        self.sched.T_max = max(1, self.n_epochs * self.cfg.search.steps_per_epoch)  # --set search.epochs=N may extend a run
         set_rng_state(st["rng"][self.rt.rank])
         self.history = list(st["history"])
         self.start_epoch = int(st["epoch"])
