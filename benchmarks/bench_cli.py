@@ -266,7 +266,7 @@ def measure_job(job: Job, repeats: int, timeout: float, skip_slow: float | None,
             print(f"  {job.name:9s} {label:16s} run {r + 1}: {run.seconds:7.2f} s  "
                   f"{'' if run.peak_kib is None else f'{run.peak_kib / 1024:7.0f} MB'}", file=sys.stderr)
             if skip_slow is not None and r == 0 and run.seconds > skip_slow and repeats > 1:
-                m.note = f"1 run (> {skip_slow:g} s, not repeated)"
+                m.note = f"1 run, > {skip_slow:g} s"
     return measures
 
 
@@ -420,11 +420,16 @@ def main(argv: list[str] | None = None) -> int:
             version = subprocess.run([*crmef, "--version"], capture_output=True, text=True, timeout=120).stdout.strip()
         except (OSError, subprocess.TimeoutExpired):
             version = "?"
+        load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
         results = {}
         for job in jobs:
             print(f"{job.name}: {job.title}", file=sys.stderr)
             results[job.name] = measure_job(job, args.repeats, args.timeout, args.skip_slow, tmp)
 
+    load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    if load_before is not None:
+        notes.append(f"Load average (1 min) {load_before:.1f} at the start, {load_after:.1f} at the end "
+                     f"(other processes share the CPUs: compare rows of one job, run side by side).")
     text, rows = table(jobs, results)
     errors = [f"{job.name} / {m.label}: {m.error}" for job in jobs for m in results[job.name].values() if m.error]
     header = (f"Whole process, median of {args.repeats} run(s){' (--quick)' if args.quick else ''}; "
