@@ -121,3 +121,9 @@ def test_fuse_lazy_imageio_names_behave_as_imageio():
 def test_space_does_not_import_torchvision():
     loaded = _modules_after("import crmef.space")
     assert "torch" in loaded and "torchvision" not in loaded
+
+
+def test_file_helpers_do_not_import_torch():
+    """crmef.utils (atomic writes, used by crmef.imageio) leaves torch to resolve_device."""
+    loaded = _modules_after("from crmef.utils import atomic_path, atomic_write_text")
+    assert "torch" not in loaded
