@@ -358,6 +358,27 @@ class ExposureModel:
         return blend(ordered, logits, gain, self.cfg)
 
 
+def check_sizes(frames: Sequence[np.ndarray], names: Sequence[str], resize: bool = False) -> list[np.ndarray]:
+    """Frames of one size (the first frame's): an error naming the odd file, or with ``resize``
+    the others resampled (area when shrinking, bilinear when growing).
+
+    Raises:
+        InputError: sizes differ and ``resize`` is false.
+    """
+    h, w = frames[0].shape[:2]
+    out = [frames[0]]
+    for f, name in zip(frames[1:], names[1:]):
+        if f.shape[:2] == (h, w):
+            out.append(f)
+        elif resize:
+            inter = cv2.INTER_AREA if f.shape[0] > h else cv2.INTER_LINEAR
+            out.append(cv2.resize(f, (w, h), interpolation=inter))
+        else:
+            raise InputError(f"{name}: {f.shape[1]}x{f.shape[0]} pixels, but {names[0]} is {w}x{h}; frames of "
+                             "one bracket must have the same size (--resize resamples them)")
+    return out
+
+
 def select_frames(frames: Sequence[np.ndarray], extremes: bool = False) -> tuple[list[int], list[int]]:
     """Which frames to fuse: ``(used, skipped)`` indices into ``frames`` (used: dark to bright).
 

@@ -202,7 +202,34 @@ def data_key(root: str | Path, kind: str, split: str, seed: int, samples: int | 
     return key + "|all-frames" if frames == "all" else key
 
 
+def _engine_method(spec: str, name: str, card: Path) -> Method:
+    """``model:general`` / ``model:aligned`` / ``model:CARD.json``: the default engine, every frame."""
+    import json as _json
+
+    from crmef.engine import ExposureModel, select_frames
+
+    model = ExposureModel.from_card(card)
+    stamp = name
+    for file in (card, card.with_name(_json.loads(card.read_text())["onnx"])):
+        st = file.stat()
+        stamp += f":{file.resolve()}:{st.st_mtime_ns}:{st.st_size}"
+
+    def fuse_all(frames: Sequence[np.ndarray], _: str) -> np.ndarray:
+        used, _skipped = select_frames(frames)
+        return np.clip(model([frames[i] for i in used]), 0.0, 1.0)
+
+    def fuse(under: np.ndarray, over: np.ndarray, n: str) -> np.ndarray:
+        return fuse_all([under, over], n)
+
+    return Method(spec, model_label(name), fuse, key=f"engine:{stamp}", fuse_frames=fuse_all)
+
+
 def _model_method(spec: str, name: str, device: str) -> Method:
+    from crmef.engine import engine_card
+
+    card = engine_card(name)
+    if card is not None:
+        return _engine_method(spec, name, card)
     try:
         from crmef.models import load_model, resolve_model_paths
     except ImportError as exc:
