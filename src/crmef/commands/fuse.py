@@ -10,12 +10,13 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from pathlib import Path
 
 from crmef.errors import CrmefError, InputError
-from crmef.imageio import IMAGE_SUFFIXES, is_image_file, load_image, write_image
+from crmef.imageio import IMAGE_SUFFIXES, LoadedImage, is_image_file, load_image, quiet_decoders, write_image
 
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "M": 1 << 20, "MB": 1 << 20, "G": 1 << 30, "GB": 1 << 30}
 
@@ -68,25 +69,84 @@ def _config(args: argparse.Namespace):
                       all_frames=args.all_frames, resize=args.resize)
 
 
+MIN_SIDE = 16
+"""Smallest frame side (pixels) ``crmef fuse`` accepts."""
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """True when ``a`` and ``b`` name one file, however spelt (relative, ``./``, symlink, hard link)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet): compare where the paths lead
+        return os.path.normcase(os.path.realpath(a)) == os.path.normcase(os.path.realpath(b))
+
+
+def check_paths(paths: list[Path], output: Path) -> None:
+    """Refuse, before any work, an output that is one of the inputs and a frame given twice.
+
+    Raises:
+        InputError: ``output`` is (a link to, another spelling of) an input; or two paths name
+            the same file.
+    """
+    for p in paths:
+        if _same_file(p, output):
+            which = "an input frame" if str(p) == str(output) else f"the input frame {p}"
+            raise InputError(f"{output}: the output is {which}; refusing to overwrite it, choose another output")
+    for i, p in enumerate(paths):
+        for q in paths[:i]:
+            if (p.exists() or p.is_symlink()) and _same_file(p, q):
+                which = "" if str(p) == str(q) else f" (the same file as {q})"
+                raise InputError(f"{p}: frame given twice{which}")
+
+
+def load_frames(paths: list[Path]) -> dict[Path, LoadedImage]:
+    """Read every frame of one scene, with checks that need the pixels or the bytes.
+
+    Raises:
+        InputError: an unreadable file (see :func:`crmef.imageio.load_image`), a frame smaller
+            than :data:`MIN_SIDE` pixels on a side, or two files with identical content.
+    """
+    loaded: dict[Path, LoadedImage] = {}
+    seen: dict[str, Path] = {}
+    for p in paths:
+        img = load_image(p)
+        h, w = img.rgb.shape[:2]
+        if min(h, w) < MIN_SIDE:
+            raise InputError(f"{p}: image is {w}x{h} pixels; crmef fuse needs at least {MIN_SIDE} pixels on each side")
+        if img.digest in seen:
+            raise InputError(f"{p}: identical content to {seen[img.digest]} (the same photo twice)")
+        seen[img.digest] = p
+        loaded[p] = img
+    return loaded
+
+
 def fuse_files(paths: list[Path], output: Path, get_net, cfg, device, bits: int | None, quality: int) -> Path:
     """Fuse the image files of one scene into ``output`` (written atomically).
 
-    ``get_net()`` returns the model; it is called only once every frame has been read, so a bad
-    file is reported before a slow model load.
+    Every check a file can fail runs before the model: the output must not be an input, each
+    frame must decode, be at least :data:`MIN_SIDE` pixels on a side and differ from the others.
+    ``get_net()`` is called only once every frame has been read, so a bad file is reported before
+    a slow model load.
     """
     from crmef.inference import check_frames, fuse_ordered, order_files
 
+    paths = [Path(p) for p in paths]
     if output.suffix.lower() not in IMAGE_SUFFIXES:
         raise InputError(f"{output}: unknown output format {output.suffix!r}; use .jpg, .png or .tif")
     if len(paths) < 2:
         which = f": {paths[0]}" if paths else ""
         raise InputError(f"need at least two frames (an under- and an over-exposed one), got {len(paths)}{which}")
-    loaded = {p: load_image(p) for p in paths}  # clear per-file errors first
-    ordered = order_files(paths)
+    check_paths(paths, output)
+    if output.is_dir():
+        raise InputError(f"{output}: is a directory; give an image file name as output")
+    loaded = load_frames(paths)  # clear per-file errors first
+    with quiet_decoders():  # ordering decodes a reduced preview again: keep codec chatter off stderr
+        ordered = order_files(paths)
     frames = check_frames([loaded[p].rgb for p in ordered], [str(p) for p in ordered], resize=cfg.resize)
     result = fuse_ordered(get_net(), frames, cfg, device)
     meta = next((loaded[p] for p in ordered if loaded[p].exif or loaded[p].icc), loaded[ordered[0]])
     out_bits = bits or max(img.bits for img in loaded.values())
+    check_paths(paths, output)  # still not an input (a link may have been made meanwhile)
     return write_image(output, result, bits=out_bits, quality=quality, exif=meta.exif, icc=meta.icc)
 
 
@@ -111,6 +171,8 @@ def run_batch(args: argparse.Namespace, cfg, device) -> int:
     from crmef.inference import get_model
 
     scenes = find_scenes(args.batch)
+    if args.output.exists() and not args.output.is_dir():
+        raise InputError(f"{args.output}: not a directory; with --batch, -o names the output folder")
     net = get_model(args.model, device)
     failures: list[str] = []
     done = skipped = 0
@@ -126,6 +188,11 @@ def run_batch(args: argparse.Namespace, cfg, device) -> int:
             done += 1
         except CrmefError as exc:
             failures.append(f"{name}: {exc}")
+        except Exception as exc:  # a bug, not the user's files: report it and go on with the others
+            if getattr(args, "debug", False):
+                raise
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            failures.append(f"{name}: internal error ({type(exc).__name__}: {first}); rerun with --debug")
     print(f"crmef fuse: {done} fused, {skipped} already done, {len(failures)} failed", file=sys.stderr)
     for line in failures:
         print(f"  failed: {line}", file=sys.stderr)
