@@ -134,6 +134,8 @@ class _Header:
     icc: bytes | None = None
     sample: str | None = None
     """Why the samples cannot be read (e.g. ``"32-bit floating-point"``), ``None`` when they can."""
+    min_bytes: int = 0
+    """Fewest bytes a valid file of this size can have (0: no bound known), see :func:`_min_bytes`."""
 
 
 _TIFF_SAMPLE_FORMATS = {1: "unsigned integer", 2: "signed integer", 3: "floating-point", 4: "undefined"}
@@ -168,7 +170,7 @@ def _tiff_header(data: bytes) -> _Header | None:
         for i in range(count):
             entry = data[ifd + 2 + 12 * i : ifd + 14 + 12 * i]
             tag, kind, n = struct.unpack(order + "HHI", entry[:8])
-            if tag not in (256, 257, 258, 274, 277, 339) or kind not in codes or n > 64:
+            if tag not in (256, 257, 258, 259, 274, 277, 339) or kind not in codes or n > 64:
                 continue
             size = sizes[kind] * n
             raw = entry[8 : 8 + size] if size <= 4 else data[struct.unpack(order + "I", entry[8:12])[0] :][:size]
@@ -177,8 +179,70 @@ def _tiff_header(data: bytes) -> _Header | None:
     except (struct.error, KeyError, IndexError):
         return None
     orientation = tags.get(274, (1,))[0]
+    bits = tags.get(258, (1,))
     return _Header(width, height, orientation=orientation if 1 <= orientation <= 8 else 1,
-                   sample=_tiff_sample(tags.get(258, (1,)), tags.get(339, (1,))))
+                   sample=_tiff_sample(bits, tags.get(339, (1,))),
+                   min_bytes=_min_bytes_tiff(width, height, tags.get(259, (1,))[0], sum(bits) or 1))
+
+
+_DEFLATE_RATIO = 1032
+"""Deflate's largest possible compression ratio (PNG, TIFF 'deflate')."""
+_TIFF_RATIOS = {1: 1, 32773: 64, 8: _DEFLATE_RATIO, 32946: _DEFLATE_RATIO, 5: 4096}
+"""Largest compression ratio of TIFF compressions (none, PackBits, deflate, LZW), generous."""
+_JPEG_HUFFMAN_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7}
+_JPEG_SOF = _JPEG_HUFFMAN_SOF | {0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def _min_bytes_tiff(width: int, height: int, compression: int, bits_per_pixel: int) -> int:
+    """Fewest bytes of a TIFF of this size (half the tightest bound, for safety; 0 if unknown)."""
+    if compression == 7:  # JPEG inside TIFF
+        return width * height // 1024
+    ratio = _TIFF_RATIOS.get(compression)
+    return 0 if ratio is None else height * ((width * bits_per_pixel + 7) // 8) // ratio // 2
+
+
+def _min_bytes(fmt: str | None, data: bytes, width: int, height: int, tiff: dict) -> int:
+    """Fewest bytes a valid file with this header can have, or 0 when no bound is known.
+
+    A few bytes claiming hundreds of megapixels would make the decoder allocate the whole frame
+    before it finds the data missing (seconds and gigabytes, for a file of a few kilobytes). The
+    bounds are half the tightest possible size, so only impossible files fail them:
+
+    - PNG: deflate cannot compress better than 1032:1, and each row has a filter byte.
+    - JPEG (Huffman coded): every 8×8 block of every component costs at least one bit, so at
+      least ``pixels / 512`` bytes. Arithmetic-coded JPEG has no such bound (no check).
+    - TIFF: by compression (none 1:1, PackBits, deflate, LZW, JPEG); other compressions unchecked.
+    """
+    if fmt == "PNG" and data[12:16] == b"IHDR":
+        depth, colour = data[24], data[25]
+        channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(colour, 1)
+        return height * (1 + (width * channels * depth + 7) // 8) // _DEFLATE_RATIO // 2
+    if fmt in ("JPEG", "MPO"):
+        return width * height // 1024 if _jpeg_sof(data) in _JPEG_HUFFMAN_SOF else 0
+    if fmt == "TIFF":
+        bits = tiff.get(258, 1)
+        bits = sum(bits) if isinstance(bits, tuple) else int(bits)
+        compression = tiff.get(259, 1)
+        return _min_bytes_tiff(width, height, int(compression) if isinstance(compression, int) else 0, bits or 1)
+    return 0
+
+
+def _jpeg_sof(data: bytes) -> int | None:
+    """The frame marker (0xC0 baseline, 0xC2 progressive, 0xC9 arithmetic, …) of a JPEG, or ``None``."""
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in _JPEG_SOF:
+            return marker
+        if marker == 0xDA:  # start of scan before any frame header
+            return None
+        i += 2 + struct.unpack(">H", data[i + 2 : i + 4])[0]
+    return None
 
 
 _PIL_LIMIT = threading.Lock()
@@ -212,6 +276,7 @@ def _read_header(path: Path, data: bytes) -> _Header:
         try:
             with _pil_open(data) as im:
                 width, height = im.size
+                fmt = im.format
                 tiff = dict(getattr(im, "tag_v2", {}) or {}) if im.format == "TIFF" else {}
                 icc = im.info.get("icc_profile") or None
                 try:
@@ -234,7 +299,11 @@ def _read_header(path: Path, data: bytes) -> _Header:
             sample = _tiff_sample(as_tuple(tiff.get(258, 1)), as_tuple(tiff.get(339, 1)))
         except (TypeError, ValueError):
             sample = None
-    return _Header(width, height, orientation, raw, icc if isinstance(icc, bytes) else None, sample)
+    try:
+        min_bytes = _min_bytes(fmt, data, width, height, tiff)
+    except (TypeError, ValueError, struct.error):
+        min_bytes = 0
+    return _Header(width, height, orientation, raw, icc if isinstance(icc, bytes) else None, sample, min_bytes)
 
 
 class _Quiet:
@@ -338,6 +407,9 @@ def load_image(path: str | os.PathLike[str]) -> LoadedImage:
     if w * h > MAX_PIXELS:
         raise InputError(f"{path}: image is {w}x{h} pixels ({w * h / 1e6:.0f} megapixels); "
                          f"crmef reads at most {MAX_PIXELS // 1_000_000} megapixels")
+    if len(data) < head.min_bytes:
+        raise InputError(f"{path}: corrupt or truncated image (its header says {w}x{h} pixels, which "
+                         f"cannot fit in {len(data)} bytes)")
     if head.sample is not None:
         raise InputError(f"{path}: unsupported sample format: {head.sample} "
                          "(crmef reads 8- and 16-bit integer images)")
@@ -353,9 +425,12 @@ def load_image(path: str | os.PathLike[str]) -> LoadedImage:
         kind = {"f": "floating-point", "i": "signed integer"}.get(img.dtype.kind, "integer")
         raise InputError(f"{path}: unsupported sample format: {img.dtype.itemsize * 8}-bit {kind} "
                          "(crmef reads 8- and 16-bit integer images)")
-    rgb = cv2.cvtColor(img, cv2.COLOR_BGR2RGB).astype(np.float32) / np.float32(scale)
+    cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=img)  # in place: one float copy below, no more
+    rgb = img.astype(np.float32)
+    del img
+    np.divide(rgb, np.float32(scale), out=rgb)  # integers / their peak: already in [0, 1]
     rgb = np.ascontiguousarray(apply_orientation(rgb, head.orientation))
-    return LoadedImage(rgb=np.clip(rgb, 0.0, 1.0), bits=bits, path=path, exif=head.exif, icc=head.icc,
+    return LoadedImage(rgb=rgb, bits=bits, path=path, exif=head.exif, icc=head.icc,
                        orientation=head.orientation, digest=hashlib.sha256(data).hexdigest())
 
 
