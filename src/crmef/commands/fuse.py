@@ -120,17 +120,16 @@ def load_frames(paths: list[Path]) -> dict[Path, LoadedImage]:
     return loaded
 
 
-def fuse_files(paths: list[Path], output: Path, get_net, cfg, device, bits: int | None, quality: int) -> Path:
-    """Fuse the image files of one scene into ``output`` (written atomically).
+def check_inputs(paths: list[Path], output: Path) -> dict[Path, LoadedImage]:
+    """Every check a scene's files can fail, before any work; returns the decoded frames.
 
-    Every check a file can fail runs before the model: the output must not be an input, each
-    frame must decode, be at least :data:`MIN_SIDE` pixels on a side and differ from the others.
-    ``get_net()`` is called only once every frame has been read, so a bad file is reported before
-    a slow model load.
+    The output must have an image suffix, not be a folder and not be one of the inputs; there
+    must be two frames or more, no frame given twice, each decodable, at least :data:`MIN_SIDE`
+    pixels on a side and different from the others. Imports neither torch nor the model.
+
+    Raises:
+        InputError: the first problem found, naming the file.
     """
-    from crmef.inference import check_frames, fuse_ordered, order_files
-
-    paths = [Path(p) for p in paths]
     if output.suffix.lower() not in IMAGE_SUFFIXES:
         raise InputError(f"{output}: unknown output format {output.suffix!r}; use .jpg, .png or .tif")
     if len(paths) < 2:
@@ -139,7 +138,23 @@ def fuse_files(paths: list[Path], output: Path, get_net, cfg, device, bits: int 
     check_paths(paths, output)
     if output.is_dir():
         raise InputError(f"{output}: is a directory; give an image file name as output")
-    loaded = load_frames(paths)  # clear per-file errors first
+    return load_frames(paths)
+
+
+def fuse_files(paths: list[Path], output: Path, get_net, cfg, device, bits: int | None, quality: int,
+               loaded: dict[Path, LoadedImage] | None = None) -> Path:
+    """Fuse the image files of one scene into ``output`` (written atomically).
+
+    Every check a file can fail (:func:`check_inputs`) runs before the model; ``loaded`` passes
+    its result when the caller has run it already. ``get_net()`` is called only once every frame
+    has been read, so a bad file is reported before a slow model load.
+    """
+    paths = [Path(p) for p in paths]
+    if loaded is None:
+        loaded = check_inputs(paths, output)  # clear per-file errors first
+
+    from crmef.inference import check_frames, fuse_ordered, order_files
+
     with quiet_decoders():  # ordering decodes a reduced preview again: keep codec chatter off stderr
         ordered = order_files(paths)
     frames = check_frames([loaded[p].rgb for p in ordered], [str(p) for p in ordered], resize=cfg.resize)
@@ -201,20 +216,20 @@ def run_batch(args: argparse.Namespace, cfg, device) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``crmef fuse``."""
+    if args.batch is not None:
+        if args.images:
+            raise InputError("give either image files or --batch DIR, not both")
+        from crmef.inference import get_device
+
+        return run_batch(args, _config(args), get_device(args.device))
+    paths = list(args.images)
+    loaded = check_inputs(paths, args.output)  # every file checked before the engine is imported
+
     from crmef.inference import get_device, get_model
 
     cfg = _config(args)
     device = get_device(args.device)
-    if args.batch is not None:
-        if args.images:
-            raise InputError("give either image files or --batch DIR, not both")
-        return run_batch(args, cfg, device)
-    if args.output.suffix.lower() not in IMAGE_SUFFIXES:
-        raise InputError(f"{args.output}: unknown output format {args.output.suffix!r}; use .jpg, .png or .tif")
-    if len(args.images) < 2:
-        which = f": {args.images[0]}" if args.images else ""
-        raise InputError(f"need at least two frames (an under- and an over-exposed one), got {len(args.images)}{which}")
-    out = fuse_files(list(args.images), args.output, lambda: get_model(args.model, device), cfg, device,
-                     args.bits, args.quality)
+    out = fuse_files(paths, args.output, lambda: get_model(args.model, device), cfg, device,
+                     args.bits, args.quality, loaded=loaded)
     print(out)
     return 0
