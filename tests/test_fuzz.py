@@ -46,7 +46,7 @@ SEED = 21
 N_LOAD = int(os.environ.get("CRMEF_FUZZ_CASES", "480"))
 """Mutated files through load_image: a fixed budget (about 20 s on a slow core, CLI sample
 included); set ``CRMEF_FUZZ_CASES`` higher for a longer hunt (the first 480 cases stay the same)."""
-N_CLI = 24
+N_CLI = int(os.environ.get("CRMEF_FUZZ_CLI", "24"))
 """Of those, how many also go through ``crmef fuse`` (evenly spaced)."""
 CLASSES = ("truncate", "header-flip", "body-flip", "dims", "orientation", "stacked")
 REAL_JPEG = Path("sequences/forth/Knossos1/DSC_0715.jpg")
@@ -205,11 +205,14 @@ def _header_size(data: bytes) -> tuple[int, int] | None:
 def _check_load(path: Path, data: bytes, orientation: int | None) -> str:
     """The load_image property for one file; returns "decoded" or "rejected"."""
     try:
-        img = load_image(path)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            img = load_image(path)
     except InputError as exc:
         msg = str(exc)
         assert msg.startswith(f"{path}: ") and "\n" not in msg, msg
         return "rejected"
+    assert not caught, [str(w.message) for w in caught]
     rgb = img.rgb
     assert rgb.dtype == np.float32 and rgb.ndim == 3 and rgb.shape[2] == 3 and min(rgb.shape[:2]) >= 1
     assert np.isfinite(rgb).all() and rgb.min() >= 0.0 and rgb.max() <= 1.0
@@ -228,7 +231,11 @@ def _check_cli(capfd, d: Path, path: Path, partner: Path) -> int:
     out = d / f"fused{partner.suffix}"
     before = sorted(p.name for p in d.iterdir())
     capfd.readouterr()
-    code = main(["fuse", str(path), str(partner), "-o", str(out), "--device", "cpu"])
+    with warnings.catch_warnings(record=True) as caught:  # pytest would hide them from stderr
+        warnings.simplefilter("always")
+        code = main(["fuse", str(path), str(partner), "-o", str(out), "--device", "cpu"])
+    leaked = [f"{w.category.__name__}: {w.message}" for w in caught if "PIL" in w.filename or "cv2" in w.filename]
+    assert not leaked, leaked
     stdout, stderr = capfd.readouterr()
     assert "Traceback" not in stderr
     if code == 0:

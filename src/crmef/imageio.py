@@ -318,7 +318,7 @@ class _Quiet:
 
 @contextlib.contextmanager
 def quiet_decoders() -> Iterator[list[str]]:
-    """Keep the decoders' own messages (OpenCV's log, libpng, libjpeg, libtiff) off stderr.
+    """Keep the decoders' own messages (OpenCV's log, libpng, libjpeg, libtiff, Pillow's warnings) off stderr.
 
     libpng and libjpeg print straight to file descriptor 2, so it points at a temporary file
     while the block runs (the first thread to enter redirects, the last to leave restores; a
@@ -331,18 +331,22 @@ def quiet_decoders() -> Iterator[list[str]]:
         if q.depth == 0:
             q.cv_level = cv2.utils.logging.getLogLevel()
             cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+            q.sink = None
             try:
                 sys.stderr.flush()
-                sink = tempfile.TemporaryFile()
                 q.saved_fd = os.dup(2)
+            except (OSError, ValueError, AttributeError):  # no usable fd 2: nothing to silence
+                pass
+            else:
+                sink = tempfile.TemporaryFile()
                 os.dup2(sink.fileno(), 2)
                 q.sink = sink
-            except (OSError, ValueError, AttributeError):  # no usable fd 2: nothing to silence
-                q.sink = None
         q.depth += 1
         start = os.lseek(q.sink.fileno(), 0, os.SEEK_END) if q.sink is not None else 0
     try:
-        yield lines
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's "corrupt EXIF", "tag data larger than file", …
+            yield lines
     finally:
         with q.lock:
             q.depth -= 1
