@@ -311,3 +311,17 @@ def test_batch_output_must_be_a_folder(tmp_path, capfd):
     _frames(root / "a")
     (tmp_path / "file.png").write_bytes(b"x")
     _fails(capfd, ["--batch", str(root), "-o", str(tmp_path / "file.png")], "not a directory")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs POSIX named pipes")
+def test_not_a_regular_file_never_blocks(tmp_path, capfd):
+    good = _frames(tmp_path)
+    os.mkfifo(tmp_path / "pipe.jpg")  # reading it would wait for a writer forever
+    _fails(capfd, [str(tmp_path / "pipe.jpg"), str(good[1]), "-o", str(tmp_path / "o.png")], "not a regular file")
+
+
+def test_output_folder_blocked_by_a_file(tmp_path, capfd):
+    good = _frames(tmp_path)
+    before = _sums(tmp_path)
+    _fails(capfd, [*map(str, good), "-o", str(good[0] / "x.png")], "a file is in the way")
+    assert _sums(tmp_path) == before

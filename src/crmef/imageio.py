@@ -398,6 +398,8 @@ def load_image(path: str | os.PathLike[str]) -> LoadedImage:
         raise InputError(f"{path}: no such file")
     if path.is_dir():
         raise InputError(f"{path}: is a directory, not an image")
+    if not path.is_file():  # a FIFO would block the read forever, a device never end
+        raise InputError(f"{path}: not a regular file")
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -506,9 +508,26 @@ def write_image(
     and ``icc`` are embedded where the format allows (table in the module docstring).
 
     Raises:
-        InputError: unknown suffix or bad array shape.
+        InputError: unknown suffix, bad array shape, or the file cannot be written (a missing
+            permission, a full disk, a parent that is a file); ``path`` is then left as it was.
     """
-    path = Path(path)
+    try:
+        return _write_image(Path(path), rgb, bits, quality, exif, icc)
+    except (FileExistsError, NotADirectoryError) as exc:  # a file where a folder should be
+        raise InputError(f"{path}: cannot write (a file is in the way of its folder {Path(path).parent})") from exc
+    except OSError as exc:
+        raise InputError(f"{path}: cannot write ({exc.strerror or exc})") from exc
+
+
+def _write_image(
+    path: Path,
+    rgb: np.ndarray,
+    bits: int = 8,
+    quality: int = 95,
+    exif: bytes | None = None,
+    icc: bytes | None = None,
+) -> Path:
+    """:func:`write_image` without the translation of OS errors."""
     suffix = path.suffix.lower()
     if suffix not in IMAGE_SUFFIXES:
         raise InputError(f"{path}: unknown output format {suffix!r}; use .jpg, .png or .tif")

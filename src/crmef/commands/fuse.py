@@ -138,6 +138,9 @@ def check_inputs(paths: list[Path], output: Path) -> dict[Path, LoadedImage]:
     check_paths(paths, output)
     if output.is_dir():
         raise InputError(f"{output}: is a directory; give an image file name as output")
+    folder = next((a for a in output.absolute().parents if a.exists()), None)
+    if folder is not None and not folder.is_dir():
+        raise InputError(f"{output}: cannot write (a file is in the way of its folder {output.parent})")
     return load_frames(paths)
 
 
