@@ -19,7 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
 from crmef.cli import main
 from crmef.errors import InputError
@@ -235,8 +235,10 @@ def test_invalid_exif_orientation_is_upright(tmp_path, value):
     assert img.orientation == 1 and img.rgb.shape == (20, 30, 3)
 
 
-def test_load_reads_the_file_once(tmp_path, monkeypatch):
-    path = write_image(tmp_path / "a.png", np.zeros((20, 30, 3), np.float32))
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".tif"])
+def test_load_reads_the_file_once(tmp_path, monkeypatch, suffix):
+    """One read of the file; Pillow parses those bytes for the header and never decodes pixels."""
+    path = write_image(tmp_path / f"a{suffix}", np.zeros((20, 30, 3), np.float32))
     opened: list[str] = []
     real_open = Path.open
 
@@ -247,8 +249,32 @@ def test_load_reads_the_file_once(tmp_path, monkeypatch):
     monkeypatch.setattr(Path, "open", spy)
     monkeypatch.setattr(cv2, "imread", lambda *a, **k: pytest.fail("imread re-opens the file"))
     monkeypatch.setattr(Image, "open", _no_path_open(Image.open))
-    load_image(path)
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: pytest.fail("Pillow decodes the pixels"))
+    img = load_image(path)
     assert opened == [str(path)]
+    assert img.rgb.shape == (20, 30, 3)
+
+
+def test_png_exif_after_the_image_data(tmp_path):
+    """eXIf may follow IDAT: found without Pillow decoding the pixels."""
+    exif = Image.Exif()
+    exif[ORIENTATION_TAG] = 6
+    exif[0x010F] = "late-exif"
+    png = write_image(tmp_path / "a.png", np.zeros((20, 30, 3), np.float32)).read_bytes()
+    body = exif.tobytes()
+    chunk = struct.pack(">I", len(body)) + b"eXIf" + body + struct.pack(">I", zlib.crc32(b"eXIf" + body) & 0xFFFFFFFF)
+    (tmp_path / "late.png").write_bytes(png[:-12] + chunk + png[-12:])  # just before IEND
+    img = load_image(tmp_path / "late.png")
+    assert img.orientation == 6 and img.rgb.shape == (30, 20, 3)
+    carried = Image.Exif()
+    carried.load(img.exif)
+    assert carried.get(0x010F) == "late-exif" and carried.get(ORIENTATION_TAG) == 1
+
+
+def test_imageio_does_not_import_torch():
+    code = "import sys, crmef.imageio; sys.exit(3 if 'torch' in sys.modules else 0)"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    assert subprocess.run([sys.executable, "-c", code], env=env, timeout=120).returncode == 0
 
 
 def _no_path_open(real):

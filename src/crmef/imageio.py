@@ -245,6 +245,23 @@ def _jpeg_sof(data: bytes) -> int | None:
     return None
 
 
+def _png_exif(data: bytes) -> Image.Exif:
+    """The eXIf chunk of a PNG, wherever it is (Pillow's ``getexif`` decodes every pixel to look
+    after the image data)."""
+    exif = Image.Exif()
+    i = 8
+    while i + 12 <= len(data):
+        (n,) = struct.unpack(">I", data[i : i + 4])
+        kind = data[i + 4 : i + 8]
+        if kind == b"eXIf":
+            exif.load(data[i + 8 : i + 8 + n])
+            break
+        if kind == b"IEND":
+            break
+        i += 12 + n
+    return exif
+
+
 _PIL_LIMIT = threading.Lock()
 
 
@@ -280,7 +297,7 @@ def _read_header(path: Path, data: bytes) -> _Header:
                 tiff = dict(getattr(im, "tag_v2", {}) or {}) if im.format == "TIFF" else {}
                 icc = im.info.get("icc_profile") or None
                 try:
-                    exif = im.getexif()
+                    exif = _png_exif(data) if im.format == "PNG" else im.getexif()
                     orientation, raw = _orientation(exif), _upright_exif(exif)
                 except Exception:  # unreadable EXIF: no metadata, pixels as stored
                     orientation, raw = 1, None
