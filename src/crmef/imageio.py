@@ -2,9 +2,17 @@
 
 Images inside crmef are float32 numpy arrays of shape (H, W, 3), RGB, values in [0, 1].
 
-Decoding is OpenCV's (fast, 8 and 16 bit, JPEG/PNG/TIFF/…); metadata is Pillow's (EXIF
-orientation, the EXIF block and the ICC profile, read from the header only). Orientation is
+Each file is read once. Pillow parses the header of those bytes (size, EXIF orientation, the
+EXIF block and the ICC profile; it never decodes pixels here), the header is checked, and only
+then OpenCV decodes the same bytes (fast, 8 and 16 bit, JPEG/PNG/TIFF/…). Orientation is
 applied here, explicitly, so that the pixels always come out upright whatever the decoder does.
+
+A bad file is one :class:`~crmef.errors.InputError` whose message starts with the file and says
+what is wrong, raised before any large allocation where the header allows: zero or more than
+:data:`MAX_PIXELS` pixels, a size the file is too small to hold, samples other than 8/16-bit
+integers (float TIFF, …), or a decoder's failure (its exception or log line folded into the
+message). The decoders' own messages never reach stderr (:func:`quiet_decoders`). Nothing here
+imports torch.
 
 Metadata written back (:func:`write_image` with ``exif=``/``icc=``):
 
