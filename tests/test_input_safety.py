@@ -351,3 +351,13 @@ def test_output_folder_blocked_by_a_file(tmp_path, capfd):
     before = _sums(tmp_path)
     _fails(capfd, [*map(str, good), "-o", str(good[0] / "x.png")], "a file is in the way")
     assert _sums(tmp_path) == before
+
+
+def test_batch_output_folder_inside_the_scenes_is_not_a_scene(tmp_path, capfd):
+    root = tmp_path / "scenes"
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+        _frames(root / name)
+    for _ in range(2):  # the second run must not fuse a.png and b.png as a scene "fused"
+        assert main(["fuse", "--batch", str(root), "-o", str(root / "fused"), "--device", "cpu"]) == 0
+    assert sorted(p.name for p in (root / "fused").iterdir()) == ["a.png", "b.png"]

@@ -188,7 +188,8 @@ def run_batch(args: argparse.Namespace, cfg, device) -> int:
 
     from crmef.inference import get_model
 
-    scenes = find_scenes(args.batch)
+    # the output folder inside DIR is not a scene (its fused images are not one bracket)
+    scenes = [(n, f) for n, f in find_scenes(args.batch) if not _same_file(args.batch / n, args.output)]
     if args.output.exists() and not args.output.is_dir():
         raise InputError(f"{args.output}: not a directory; with --batch, -o names the output folder")
     net = get_model(args.model, device)
