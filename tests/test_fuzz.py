@@ -33,7 +33,6 @@ import warnings
 import zlib
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -128,10 +127,11 @@ def _mutate_dims(data: bytearray, fmt: str, rng: np.random.Generator) -> bool:
         return False
     done = False
     for e, tag, kind, order in _tiff_entries(bytes(data)):
-        if tag in (256, 257) and kind in (3, 4):
-            orig = struct.unpack(order + ("H" if kind == 3 else "I"), data[e + 8 : e + (10 if kind == 3 else 12)])[0]
+        if tag in (256, 257) and kind in (3, 4):  # SHORT: 2 bytes then padding; LONG: 4 bytes
+            fmt_ = order + ("HH" if kind == 3 else "I")
+            orig = struct.unpack(fmt_, data[e + 8 : e + 12])[0]
             value = _dim(rng, orig, 65535 if kind == 3 else 2**32 - 1)
-            data[e + 8 : e + 12] = struct.pack(order + ("HH" if kind == 3 else "I"), *((value, 0) if kind == 3 else (value,)))
+            data[e + 8 : e + 12] = struct.pack(fmt_, *((value, 0) if kind == 3 else (value,)))
             done = True
     return done
 
