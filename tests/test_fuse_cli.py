@@ -50,7 +50,7 @@ def test_exif_carried_and_n_frames(tmp_path, model):
     exif[0x010F] = "crmef-cam"
     frames = _frames(tmp_path, n=5, suffix=".jpg", exif=exif.tobytes())
     out = tmp_path / "fused.jpg"
-    assert main(["fuse", *frames, "-o", str(out), "--model", model, "--all"]) == 0
+    assert main(["fuse", *frames, "-o", str(out), "--model", model]) == 0
     with Image.open(out) as im:
         assert im.getexif().get(0x010F) == "crmef-cam"
 

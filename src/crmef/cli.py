@@ -57,6 +57,7 @@ def build_parser(command: str | None = None, *, all_commands: bool = False) -> a
         prog="crmef", description="Compact, robust multi-exposure image fusion."
     )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (for bug reports)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, help_ in COMMANDS.items():
         if all_commands or name == command:
@@ -82,6 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except CrmefError as exc:
+        if args.debug:
+            raise
         print(f"crmef: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
