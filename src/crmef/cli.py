@@ -27,7 +27,7 @@ COMMANDS: dict[str, str] = {
     "fuse": "fuse a bracket of exposures into one image",
     "info": "show a network's slots, parameters and FLOPs",
     "latency": "measure the op latency look-up table used by the search",
-    "score": "PSNR / SSIM / LPIPS / FSIM against a reference, or MEF-SSIM against the sources",
+    "score": "PSNR / SSIM / LPIPS / FSIM against a reference, or MEF-SSIM / chroma hull against the sources",
     "search": "latency-constrained architecture search (DARTS + latency look-up table)",
     "setup": "install optional assets (LPIPS weights)",
     "train": "train a fusion network from a YAML config",
