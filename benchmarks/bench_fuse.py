@@ -92,8 +92,8 @@ def main() -> None:
     tmp = tempfile.TemporaryDirectory()
     model, note = args.model, "given"
     if model is None:
-        if (WEIGHTS_DIR / "general.safetensors").is_file():
-            model, note = "general", "shipped general"
+        if (WEIGHTS_DIR / "paper_general.safetensors").is_file():
+            model, note = "paper_general", "shipped paper_general"
         else:
             torch.manual_seed(0)
             model = str(save_model(FusionNet.from_genotype(get_preset("general"), channels=16),

@@ -8,12 +8,21 @@ Test sets (scenes never used for training or search; the committed split of ``..
   tone mapping of the radiance.
 - ``hdr-misaligned`` / ``sequences-misaligned``: the same with the under frame misaligned by a
   random homography (±8 px, ±2°, ±2 %) plus a 2 px smooth local field (``crmef eval --misalign``).
+- ``sequences-all``: the test sequences with every usable frame (3 to 9; ``crmef eval --frames
+  all``): N-frame MEF-SSIM and chroma hull against all frames; ``mertens_all`` / ``enfuse_all``
+  fuse every frame, the models get every frame as ``crmef fuse`` would, ``mertens`` the extremes.
+
+Every set has the enfuse row (Hugin's enfuse, Debian package ``enfuse``) when the binary is on
+PATH, and ``chroma_hull`` (colour outside the sources' chromaticities, lower is better) beside
+MEF-SSIM.
 
 Targets checked (and printed as PASS/MISS with the margin):
 
-- general, sequences: PSNR ≥ Mertens + 1 dB and MEF-SSIM ≥ Mertens's;
-- general, hdr: PSNR ≥ Mertens + 2 dB and LPIPS < Mertens's;
-- aligned, misaligned sets: PSNR ≥ flow-then-Mertens + 2 dB.
+- general, sequences: PSNR ≥ Mertens + 1 dB and MEF-SSIM ≥ Mertens's; chroma hull ≤ 0.0025 and
+  no scene above Mertens's value for that scene + 0.002;
+- general, hdr: PSNR ≥ Mertens + 2 dB and LPIPS < Mertens's; chroma hull ≤ enfuse's;
+- general, sequences-all: N-frame MEF-SSIM ≥ Mertens-all + 0.002, chroma hull ≤ Mertens-all's;
+- aligned, misaligned sets: PSNR ≥ flow-then-Mertens + 2 dB; chroma hull ≤ Mertens's.
 
 It also fuses the real hand-held bracket (``../shared/data/misaligned/handheld``) with every
 method and writes a side-by-side PNG with a zoomed crop, to be looked at for ghosting.
@@ -35,21 +44,49 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
-METRICS = ["psnr", "ssim", "lpips", "fsim", "mef_ssim"]
+METRICS = ["psnr", "ssim", "lpips", "fsim", "mef_ssim", "chroma_hull"]
+#: Per-image rows of every set (method, sample, metrics), filled by :func:`run_set`.
+ROWS: dict[str, list[dict]] = {}
 
 
-def run_set(name: str, data: Path, methods: str, out: Path, hdr_samples: int, misalign: bool) -> dict[str, dict]:
+def with_enfuse(methods: str) -> str:
+    """``methods`` with the enfuse baseline after Mertens (``enfuse_all`` after ``mertens_all``)
+    when its binary is installed."""
+    from crmef.baselines import enfuse_binary
+
+    if enfuse_binary() is None:
+        print("enfuse not on PATH (Debian package 'enfuse'): no enfuse rows", file=sys.stderr)
+        return methods
+    names = methods.split(",")
+    anchor, extra = ("mertens_all", "enfuse_all") if "mertens_all" in names else ("mertens", "enfuse")
+    names.insert(names.index(anchor) + 1, extra)
+    return ",".join(names)
+
+
+def run_set(name: str, data: Path, methods: str, out: Path, hdr_samples: int, misalign: bool,
+            frames: str = "pair") -> dict[str, dict]:
     """Evaluate one test set; returns ``{method label: summary entry}`` and writes its tables."""
     from crmef.evaluation import data_key, evaluate, load_samples, markdown_table, parse_methods, write_tables
 
     n = hdr_samples if "hdr" in name else None
-    samples, kind = load_samples(data, "test", "auto", n, 0, None, misalign=misalign)
-    key = data_key(data, kind, "test", 0, n, misalign)
-    result = evaluate(samples, parse_methods(methods), METRICS, out / name, key, progress=True)
-    write_tables(result, out / name, header=f"# {name}: {data} ({kind}, test split, {len(samples)} images)")
-    print(f"\n## {name} ({len(samples)} images, {samples[0].under.shape[1]}x{samples[0].under.shape[0]} first)")
+    samples, kind = load_samples(data, "test", "auto", n, 0, None, misalign=misalign, frames=frames)
+    key = data_key(data, kind, "test", 0, n, misalign, frames)
+    result = evaluate(samples, parse_methods(with_enfuse(methods)), METRICS, out / name, key, progress=True)
+    ROWS[name] = result.rows
+    counts = sorted({len(s.sources) for s in samples})
+    what = f"{len(samples)} images" + (f", {counts[0]}-{counts[-1]} frames each" if frames == "all" else "")
+    write_tables(result, out / name, header=f"# {name}: {data} ({kind}, test split, {what})")
+    print(f"\n## {name} ({what}, {samples[0].under.shape[1]}x{samples[0].under.shape[0]} first)")
     print(markdown_table(result))
     return {e["method"]: e for e in result.summary()}
+
+
+def worst_excess(set_: str, method: str, base: str, metric: str = "chroma_hull") -> tuple[float, str]:
+    """Largest per-scene ``method - base`` of ``metric`` in a set, and the scene."""
+    rows = ROWS[set_]
+    ref = {r["sample"]: r[metric] for r in rows if r["method"] == base}
+    diffs = [(r[metric] - ref[r["sample"]], r["sample"]) for r in rows if r["method"] == method]
+    return max(diffs) if diffs else (float("nan"), "-")
 
 
 def handheld_figure(models: dict[str, str], out: Path) -> Path | None:
@@ -127,6 +164,8 @@ def main() -> int:
     if args.aligned:
         for name, data in (("hdr-misaligned", hdr), ("sequences-misaligned", seq)):
             res[name] = run_set(name, data, f"mertens,flow_mertens,{mods}", args.out, args.hdr_samples, True)
+    res["sequences-all"] = run_set("sequences-all", seq, f"mertens_all,mertens,{mods}", args.out, args.hdr_samples,
+                                   False, frames="all")
 
     from crmef.evaluation import model_label
 
@@ -144,10 +183,24 @@ def main() -> int:
     rows.append(("general, held-out HDR: PSNR ≥ Mertens + 2 dB", d >= 2.0, f"{d:+.2f} dB"))
     d = val("hdr", g, "lpips") - val("hdr", "mertens", "lpips")
     rows.append(("general, held-out HDR: LPIPS < Mertens", d < 0, f"{d:+.4f}"))
+    c = val("sequences", g, "chroma_hull")
+    rows.append(("general, sequences: chroma hull ≤ 0.0025", c <= 0.0025, f"{c:.5f} ({c - 0.0025:+.5f})"))
+    d, scene = worst_excess("sequences", model_label(g), "mertens")
+    rows.append(("general, sequences: no scene's chroma hull above Mertens's + 0.002", d <= 0.002,
+                 f"worst {d:+.5f} ({scene})"))
+    if "enfuse" in res["hdr"]:
+        d = val("hdr", g, "chroma_hull") - val("hdr", "enfuse", "chroma_hull")
+        rows.append(("general, held-out HDR: chroma hull ≤ enfuse", d <= 0, f"{d:+.5f}"))
+    d = val("sequences-all", g, "mef_ssim") - val("sequences-all", "mertens_all", "mef_ssim")
+    rows.append(("general, sequences-all: N-frame MEF-SSIM ≥ Mertens-all + 0.002", d >= 0.002, f"{d:+.4f}"))
+    d = val("sequences-all", g, "chroma_hull") - val("sequences-all", "mertens_all", "chroma_hull")
+    rows.append(("general, sequences-all: chroma hull ≤ Mertens-all", d <= 0, f"{d:+.5f}"))
     if a:
         for set_ in ("hdr-misaligned", "sequences-misaligned"):
             d = val(set_, a, "psnr") - val(set_, "flow_mertens", "psnr")
             rows.append((f"aligned, {set_}: PSNR ≥ flow-then-Mertens + 2 dB", d >= 2.0, f"{d:+.2f} dB"))
+            d = val(set_, a, "chroma_hull") - val(set_, "mertens", "chroma_hull")
+            rows.append((f"aligned, {set_}: chroma hull ≤ Mertens", d <= 0, f"{d:+.5f}"))
     check(rows)
     handheld_figure(models, args.out)
 
@@ -161,16 +214,18 @@ def main() -> int:
             test = {}
             for set_, entry in res.items():
                 m = entry.get(model_label(model))
-                base = {b: {k: round(entry[b][k][0], 4) for k in METRICS if entry[b].get(k)}
-                        for b in ("mertens", "flow_mertens") if b in entry}
+                base = {b: {k: round(entry[b][k][0], 5 if k == "chroma_hull" else 4) for k in METRICS if entry[b].get(k)}
+                        for b in ("mertens", "flow_mertens", "enfuse", "mertens_all", "enfuse_all") if b in entry}
                 if m:
-                    test[set_] = {"n": m["n"], **{k: round(m[k][0], 4) for k in METRICS if m.get(k)},
+                    test[set_] = {"n": m["n"], **{k: round(m[k][0], 5 if k == "chroma_hull" else 4)
+                                                  for k in METRICS if m.get(k)},
                                   "baselines": base}
             card.setdefault("metrics", {})["test"] = test
             card["metrics"]["test_protocol"] = ("benchmarks/eval_models.py: committed test split of ../shared/data; "
                                                 "sequences with full-bracket Mertens references; "
                                                 f"{args.hdr_samples} synthetic pairs of the held-out HDR map; "
-                                                "misaligned sets via crmef eval --misalign")
+                                                "misaligned sets via crmef eval --misalign; "
+                                                "sequences-all: every usable frame, crmef eval --frames all")
             atomic_write_text(card_path, json.dumps(card, indent=1) + "\n")
             print(f"wrote test metrics into {card_path}")
     return 0

@@ -1,4 +1,4 @@
-"""Baselines: Mertens fusion, flow-aligned Mertens, mean."""
+"""Baselines: Mertens fusion, enfuse, flow-aligned Mertens, mean."""
 
 from __future__ import annotations
 
@@ -6,7 +6,17 @@ import cv2
 import numpy as np
 import pytest
 
-from crmef.baselines import PAIR_BASELINES, align_to, flow_mertens, mean, mertens
+from crmef.baselines import (
+    FRAME_BASELINES,
+    PAIR_BASELINES,
+    EnfuseError,
+    align_to,
+    enfuse,
+    enfuse_binary,
+    flow_mertens,
+    mean,
+    mertens,
+)
 from crmef.data.reference import mertens_reference
 from crmef.errors import InputError
 
@@ -70,4 +80,36 @@ def test_bad_frames() -> None:
         mertens([_scene()])
     with pytest.raises(InputError, match="RGB"):
         mean([np.zeros((8, 8))])
-    assert set(PAIR_BASELINES) == {"mertens", "flow_mertens", "mean"}
+    assert set(PAIR_BASELINES) == {"mertens", "flow_mertens", "mean", "enfuse"}
+    assert set(FRAME_BASELINES) == {"mertens_all", "enfuse_all"}
+
+
+needs_enfuse = pytest.mark.skipif(enfuse_binary() is None,
+                                  reason="enfuse binary not on PATH (Debian package 'enfuse'; .ci/run installs it)")
+
+
+@needs_enfuse
+def test_enfuse_two_and_n_frames() -> None:
+    scene = _scene()
+    under, mid, over = np.clip(scene * 0.3, 0, 1), scene, np.clip(scene * 3.0, 0, 1)
+    fused = enfuse([under, over])
+    assert fused.shape == scene.shape and fused.dtype == np.float32
+    assert 0.0 <= fused.min() and fused.max() <= 1.0
+    assert under.mean() + 0.05 < fused.mean() < over.mean()  # a fusion, between the exposures
+    three = enfuse([over, under, mid], threads=1)  # any order, N frames
+    assert three.shape == scene.shape and np.abs(three - fused).mean() < 0.1
+    # enfuse is not bit-exact between runs (its threads): a 16-bit code or so
+    np.testing.assert_allclose(enfuse([under, over]), fused, atol=2e-4)
+    assert FRAME_BASELINES["enfuse_all"] is enfuse
+    with pytest.raises(InputError, match="same size"):
+        enfuse([under, over[:64]])
+
+
+def test_enfuse_missing_binary_names_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CRMEF_ENFUSE", raising=False)
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(EnfuseError, match=r"Debian/Ubuntu package 'enfuse' \(apt-get install enfuse\)"):
+        enfuse([_scene(), _scene()])
+    monkeypatch.setenv("CRMEF_ENFUSE", "/nonexistent/enfuse")
+    with pytest.raises(EnfuseError, match="could not run"):
+        enfuse([_scene(), _scene()])

@@ -44,7 +44,7 @@ def test_illumination_smoothing_round_trips(tmp_path):
 def test_missing_default_model_is_clear(monkeypatch, tmp_path):
     monkeypatch.setattr("crmef.models.WEIGHTS_DIR", tmp_path)
     with pytest.raises(InputError, match="not installed"):
-        load_model("general")
+        load_model("paper_general")
 
 
 def test_bad_model_files(tmp_path):

@@ -228,7 +228,7 @@ def test_luma_detail_space_keeps_the_grey_detail_and_dark_silhouettes_neutral() 
         torch.testing.assert_close(same[1](bright, prior, u, o), same[0](bright, prior, u, o), atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("model", ["general", "aligned"])
+@pytest.mark.parametrize("model", ["paper_general", "paper_aligned"])
 def test_shipped_models_keep_dark_palms_neutral_on_a_dusk_bracket(shared_data: Path, model: str) -> None:
     """The dusk validation bracket that showed the defect (hdrps/Frontier, darkest + brightest
     frames): palms against the blue sky. With the shipped luma detail spaces few of their pixels

@@ -101,17 +101,18 @@ def test_sigkill_and_resume_equals_uninterrupted(hdr_maps: Path, tmp_path: Path)
 KILL_IN_SAVE = textwrap.dedent(
     """
     import os, signal, sys
+    import crmef.runtime as R
     import crmef.train as T
     from crmef.config import load_config
 
-    real_save = T.save_file
+    real_save = R.save_file
     def save_then_die(tensors, path):
         real_save(tensors, path)
         if "step-0000004" in str(path) and "optim" in str(path):
             with open(path, "r+b") as fh:   # half-written file, then SIGKILL mid-checkpoint
                 fh.truncate(os.path.getsize(path) // 2)
             os.kill(os.getpid(), signal.SIGKILL)
-    T.save_file = save_then_die
+    R.save_file = save_then_die
     cfg = load_config(T.TrainConfig, sys.argv[1], sys.argv[3:])
     T.train(cfg, sys.argv[2], progress=False)
     """

@@ -55,7 +55,7 @@ def with_options(net: FusionNet, pairs: list[str]) -> FusionNet:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", type=Path, help="trained model (.safetensors with its .json card)")
-    p.add_argument("name", choices=["general", "aligned"])
+    p.add_argument("name", choices=["paper_general", "paper_aligned"])
     p.add_argument("--config", type=Path, required=True, help="the training config it was trained with")
     p.add_argument("--note", default="", help="free text stored as card['notes']")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

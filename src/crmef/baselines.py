@@ -1,18 +1,26 @@
-"""Classical baselines: Mertens exposure fusion, flow-aligned Mertens, per-pixel mean.
+"""Classical baselines: Mertens exposure fusion, enfuse, flow-aligned Mertens, per-pixel mean.
 
 All functions take float32 (H, W, 3) RGB images in [0, 1] and return one float32 (H, W, 3)
 RGB image clipped to [0, 1].
+
+:func:`enfuse` runs Hugin's ``enfuse`` binary (Debian/Ubuntu package ``enfuse``) as a
+subprocess; the others run in process.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import tempfile
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import cv2
 import numpy as np
 from skimage.exposure import match_histograms
 
-from crmef.errors import InputError
+from crmef.errors import CrmefError, InputError
 
 
 def _check_frames(frames: Sequence[np.ndarray], minimum: int = 1) -> list[np.ndarray]:
@@ -105,9 +113,95 @@ def flow_mertens(under: np.ndarray, over: np.ndarray) -> np.ndarray:
     return mertens([align_to(under, over), np.asarray(over, dtype=np.float32)])
 
 
+class EnfuseError(CrmefError):
+    """The ``enfuse`` binary is missing or failed (the CLI prints the message, exit code 2)."""
+
+
+ENFUSE_PACKAGE = "enfuse"
+"""The Debian/Ubuntu package that provides the ``enfuse`` binary (``apt-get install enfuse``)."""
+
+
+def enfuse_binary() -> str | None:
+    """Path of the ``enfuse`` binary on PATH (``$CRMEF_ENFUSE`` overrides), or None."""
+    return os.environ.get("CRMEF_ENFUSE") or shutil.which("enfuse")
+
+
+def require_enfuse() -> str:
+    """Path of the ``enfuse`` binary; :class:`EnfuseError` naming the package when there is none."""
+    exe = enfuse_binary()
+    if exe is None:
+        raise EnfuseError(
+            f"the enfuse baseline needs the 'enfuse' binary (Hugin's exposure fusion), not found on PATH: "
+            f"install the Debian/Ubuntu package '{ENFUSE_PACKAGE}' (apt-get install {ENFUSE_PACKAGE}) "
+            "or set CRMEF_ENFUSE to the binary"
+        )
+    return exe
+
+
+def enfuse(frames: Sequence[np.ndarray], threads: int | None = None, timeout: float | None = 600.0) -> np.ndarray:
+    """Exposure fusion by Hugin's ``enfuse`` with its default settings (what photographers use).
+
+    The frames are written as 16-bit RGB TIFFs into a temporary folder (no 8-bit quantisation),
+    ``enfuse -o out.tif frame1.tif ... frameN.tif`` runs with no other option, and its 16-bit
+    result is read back without the alpha channel enfuse adds; the folder is removed afterwards.
+
+    Args:
+        frames: two or more float32 (H, W, 3) RGB images in [0, 1], same size, any order.
+        threads: OpenMP threads for enfuse (``OMP_NUM_THREADS``); None keeps the environment's.
+        timeout: seconds before the subprocess is stopped (None: no limit).
+
+    Returns:
+        float32 (H, W, 3) RGB in [0, 1].
+
+    Raises:
+        InputError: bad frames (fewer than two, different sizes).
+        EnfuseError: no ``enfuse`` binary (the message names the package to install), or enfuse
+            failing (its last output lines are in the message).
+    """
+    fs = _check_frames(frames, 2)
+    exe = require_enfuse()
+    env = dict(os.environ)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(int(threads))
+    with tempfile.TemporaryDirectory(prefix="crmef-enfuse-") as tmp:
+        names = []
+        for i, f in enumerate(fs):
+            name = Path(tmp) / f"frame{i:03d}.tif"
+            bgr16 = np.rint(np.clip(f[..., ::-1], 0.0, 1.0) * 65535.0).astype(np.uint16)
+            if not cv2.imwrite(str(name), bgr16):
+                raise EnfuseError(f"enfuse: could not write a temporary frame into {tmp}")
+            names.append(str(name))
+        out = Path(tmp) / "fused.tif"
+        try:
+            run = subprocess.run([exe, "-o", str(out), *names], capture_output=True, text=True, env=env,
+                                 timeout=timeout, check=False)
+        except subprocess.TimeoutExpired:
+            raise EnfuseError(f"enfuse ({exe}) did not finish within {timeout} s") from None
+        except OSError as exc:
+            raise EnfuseError(f"enfuse ({exe}) could not run: {exc}") from exc
+        img = cv2.imread(str(out), cv2.IMREAD_UNCHANGED) if out.is_file() else None
+        if run.returncode != 0 or img is None:
+            tail = "\n".join((run.stderr or run.stdout or "").strip().splitlines()[-5:])
+            raise EnfuseError(f"enfuse ({exe}) failed with exit code {run.returncode}: {tail or 'no output'}")
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    scale = 65535.0 if img.dtype == np.uint16 else 255.0 if img.dtype == np.uint8 else 1.0
+    rgb = img[..., 2::-1].astype(np.float32) / np.float32(scale)  # BGR(A) -> RGB, alpha dropped
+    if rgb.shape != fs[0].shape:
+        raise EnfuseError(f"enfuse returned a {rgb.shape[1]}x{rgb.shape[0]} image for {fs[0].shape[1]}x{fs[0].shape[0]} frames")
+    return np.clip(rgb, 0.0, 1.0)
+
+
 #: Pair baselines by name: ``fn(under, over) -> fused``.
 PAIR_BASELINES: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     "mertens": lambda under, over: mertens([under, over]),
     "flow_mertens": flow_mertens,
     "mean": lambda under, over: mean([under, over]),
+    "enfuse": lambda under, over: enfuse([under, over]),
+}
+#: N-frame baselines by name: ``fn(frames) -> fused``, every frame of a bracket at once
+#: (``crmef eval --frames all``; with two frames they equal their pair counterparts).
+FRAME_BASELINES: dict[str, Callable[[Sequence[np.ndarray]], np.ndarray]] = {
+    "mertens_all": mertens,
+    "enfuse_all": enfuse,
 }

@@ -1,7 +1,8 @@
 """Evaluation runner and report writer behind ``crmef eval`` and ``crmef score``.
 
 :func:`evaluate` fuses every sample of a dataset split with every requested method, scores the
-results (PSNR / SSIM / LPIPS / FSIM against the reference, MEF-SSIM against the sources) and
+results (PSNR / SSIM / LPIPS / FSIM against the reference; MEF-SSIM and the chroma hull distance
+against the sources) and
 returns an :class:`EvalResult`; :func:`write_tables` writes Markdown and CSV tables (mean ± std
 per method, seconds per image, params and GFLOPs for network methods) and :func:`write_report`
 an HTML page with side-by-side crops and per-line intensity profiles against the reference (the
@@ -9,11 +10,19 @@ paper's "signal maps", Figs. 3-4).
 
 Methods (comma-separated in ``crmef eval --methods``):
 
-- ``mertens``, ``flow_mertens``, ``mean`` — :mod:`crmef.baselines`;
+- ``mertens``, ``flow_mertens``, ``mean``, ``enfuse`` — pair baselines of :mod:`crmef.baselines`
+  (``enfuse`` needs the binary of the Debian package ``enfuse``);
+- ``mertens_all``, ``enfuse_all`` — N-frame baselines: every frame of the bracket at once;
 - ``model:NAME_OR_PATH`` — a fusion network loaded with :func:`crmef.models.load_model` and run
   with :func:`crmef.inference.fuse`;
 - ``folder:DIR`` — already fused images named after the samples (``DIR/<name>.<ext>``, with
   ``/`` and ``:`` in the name replaced by ``_``, or ``DIR/<last part of the name>.<ext>``).
+
+N frames (``load_samples(..., frames="all")``, ``crmef eval --frames all``): every sample also
+carries all usable frames of its bracket, darkest first; the no-reference metrics (MEF-SSIM,
+chroma hull) of every method are computed against all of them, N-frame methods (``*_all`` and
+``model:``) fuse all of them, pair methods fuse the darkest and brightest usable frames. With
+the default ``frames="pair"`` every method and metric sees those two frames only.
 
 Fused images are cached as 16-bit PNGs (with their fusion time in a JSON sidecar) under
 ``<out>/cache/<method>/`` keyed by method, data source and sample, so a second run only scores.
@@ -42,8 +51,10 @@ from crmef.imageio import IMAGE_SUFFIXES, load_image, write_image
 from crmef.utils import atomic_path, atomic_write_text
 
 REFERENCE_METRIC_NAMES = ("psnr", "ssim", "lpips", "fsim")
-ALL_METRIC_NAMES = (*REFERENCE_METRIC_NAMES, "mef_ssim")
-BASELINE_NAMES = ("mertens", "flow_mertens", "mean")
+NO_REFERENCE_METRIC_NAMES = ("mef_ssim", "chroma_hull")
+ALL_METRIC_NAMES = (*REFERENCE_METRIC_NAMES, *NO_REFERENCE_METRIC_NAMES)
+BASELINE_NAMES = ("mertens", "flow_mertens", "mean", "enfuse", "mertens_all", "enfuse_all")
+FRAME_MODES = ("pair", "all")
 
 
 # ----------------------------------------------------------------------------- files and scores
@@ -66,10 +77,11 @@ def score_tensors(metrics: Sequence[str], img: torch.Tensor, ref: torch.Tensor |
     """Score one image.
 
     Args:
-        metrics: names from ``psnr, ssim, lpips, fsim, mef_ssim``.
+        metrics: names from ``psnr, ssim, lpips, fsim, mef_ssim, chroma_hull``.
         img: (3, H, W) RGB in [0, 1].
         ref: (3, H, W) reference, needed for the full-reference metrics.
-        sources: the (3, H, W) exposures, needed for ``mef_ssim``.
+        sources: the (3, H, W) exposures (two or more), needed for ``mef_ssim`` and
+            ``chroma_hull``.
 
     Returns:
         ``{metric: value}``.
@@ -86,6 +98,15 @@ def score_tensors(metrics: Sequence[str], img: torch.Tensor, ref: torch.Tensor |
             if not sources:
                 raise InputError("metric mef_ssim needs the source exposures")
             out[name] = float(mef_ssim(list(sources), img)[0])
+        elif name == "chroma_hull":
+            if not sources:
+                raise InputError("metric chroma_hull needs the source exposures")
+            from crmef.metrics.chroma import chroma_hull
+
+            def hwc(t: torch.Tensor) -> np.ndarray:
+                return t.detach().cpu().permute(1, 2, 0).numpy()
+
+            out[name] = chroma_hull([hwc(s) for s in sources], hwc(img))
         else:
             raise InputError(f"unknown metric {name!r}; choose from {', '.join(ALL_METRIC_NAMES)}")
     return out
@@ -124,6 +145,8 @@ class Method:
         key: identity for the cache (changes when the model file changes).
         params: parameter count (network methods).
         net: the network (network methods), for FLOP counting.
+        fuse_frames: ``fn(frames, name) -> fused`` for N-frame methods, used on samples that
+            carry all their frames (``Sample.frames``); None: the method fuses pairs only.
     """
 
     spec: str
@@ -133,6 +156,7 @@ class Method:
     params: int | None = None
     net: torch.nn.Module | None = None
     cacheable: bool = True
+    fuse_frames: Callable[[Sequence[np.ndarray], str], np.ndarray] | None = None
 
 
 def _safe(name: str) -> str:
@@ -169,13 +193,43 @@ def model_label(name: str) -> str:
     return f"model:{path.stem if path.suffix else name}"
 
 
-def data_key(root: str | Path, kind: str, split: str, seed: int, samples: int | None, misalign: bool = False) -> str:
+def data_key(root: str | Path, kind: str, split: str, seed: int, samples: int | None, misalign: bool = False,
+             frames: str = "pair") -> str:
     """Identity of an evaluated dataset (what :func:`load_samples` was asked for), for the cache key."""
     key = f"{Path(root).resolve()}|{kind}|{split}|{seed}|{samples}"
-    return key + "|misalign" if misalign else key
+    if misalign:
+        key += "|misalign"
+    return key + "|all-frames" if frames == "all" else key
+
+
+def _engine_method(spec: str, name: str, card: Path) -> Method:
+    """``model:general`` / ``model:aligned`` / ``model:CARD.json``: the default engine, every frame."""
+    import json as _json
+
+    from crmef.engine import ExposureModel, select_frames
+
+    model = ExposureModel.from_card(card)
+    stamp = name
+    for file in (card, card.with_name(_json.loads(card.read_text())["onnx"])):
+        st = file.stat()
+        stamp += f":{file.resolve()}:{st.st_mtime_ns}:{st.st_size}"
+
+    def fuse_all(frames: Sequence[np.ndarray], _: str) -> np.ndarray:
+        used, _skipped = select_frames(frames)
+        return np.clip(model([frames[i] for i in used]), 0.0, 1.0)
+
+    def fuse(under: np.ndarray, over: np.ndarray, n: str) -> np.ndarray:
+        return fuse_all([under, over], n)
+
+    return Method(spec, model_label(name), fuse, key=f"engine:{stamp}", fuse_frames=fuse_all)
 
 
 def _model_method(spec: str, name: str, device: str) -> Method:
+    from crmef.engine import engine_card
+
+    card = engine_card(name)
+    if card is not None:
+        return _engine_method(spec, name, card)
     try:
         from crmef.models import load_model, resolve_model_paths
     except ImportError as exc:
@@ -194,25 +248,35 @@ def _model_method(spec: str, name: str, device: str) -> Method:
         st = file.stat()
         stamp += f":{file.resolve()}:{st.st_mtime_ns}:{st.st_size}"
 
-    def fuse(under: np.ndarray, over: np.ndarray, _: str) -> np.ndarray:
-        out = fuse_frames([under, over], model=net, device=device)
+    def fuse_all(frames: Sequence[np.ndarray], _: str) -> np.ndarray:
+        out = fuse_frames(list(frames), model=net, device=device)
         return np.clip(np.asarray(out, dtype=np.float32), 0.0, 1.0)
 
+    def fuse(under: np.ndarray, over: np.ndarray, name: str) -> np.ndarray:
+        return fuse_all([under, over], name)
+
+    # All frames go to crmef.inference.fuse as a user would pass them; it decides which it uses.
     return Method(spec, model_label(name), fuse, key=f"model:{stamp}",
-                  params=count_params(net), net=net)
+                  params=count_params(net), net=net, fuse_frames=fuse_all)
 
 
 def parse_methods(text: str, device: str = "cpu") -> list[Method]:
     """Build the methods of ``--methods`` (see the module docstring)."""
-    from crmef.baselines import PAIR_BASELINES
+    from crmef.baselines import FRAME_BASELINES, PAIR_BASELINES, require_enfuse
 
     methods: list[Method] = []
     for spec in (s.strip() for s in text.split(",")):
         if not spec:
             continue
+        if spec in ("enfuse", "enfuse_all"):
+            require_enfuse()  # fail before any work, naming the package to install
         if spec in PAIR_BASELINES:
             fn = PAIR_BASELINES[spec]
             methods.append(Method(spec, spec, lambda u, o, _n, fn=fn: fn(u, o), key=f"baseline:{spec}:v1"))
+        elif spec in FRAME_BASELINES:
+            fn_all = FRAME_BASELINES[spec]
+            methods.append(Method(spec, spec, lambda u, o, _n, fn=fn_all: fn([u, o]), key=f"baseline:{spec}:v1",
+                                  fuse_frames=lambda fs, _n, fn=fn_all: fn(list(fs))))
         elif spec.startswith("model:") and spec[6:]:
             methods.append(_model_method(spec, spec[6:], device))
         elif spec.startswith("folder:") and spec[7:]:
@@ -234,16 +298,27 @@ def parse_methods(text: str, device: str = "cpu") -> list[Method]:
 
 @dataclass
 class Sample:
-    """One evaluation sample: float32 (H, W, 3) arrays in [0, 1]; ``ref`` may be None."""
+    """One evaluation sample: float32 (H, W, 3) arrays in [0, 1]; ``ref`` may be None.
+
+    ``frames``: every usable frame of the bracket, darkest first (``under`` and ``over`` are
+    its ends), when the samples were loaded with ``frames="all"``; else None.
+    """
 
     name: str
     under: np.ndarray
     over: np.ndarray
     ref: np.ndarray | None
+    frames: list[np.ndarray] | None = None
+
+    @property
+    def sources(self) -> list[np.ndarray]:
+        """What the no-reference metrics compare with: all frames, or (under, over)."""
+        return list(self.frames) if self.frames else [self.under, self.over]
 
 
 def load_samples(root: str | Path, split: str = "test", kind: str = "auto", samples: int | None = None,
-                 seed: int = 0, limit: int | None = None, misalign: bool = False) -> tuple[list[Sample], str]:
+                 seed: int = 0, limit: int | None = None, misalign: bool = False,
+                 frames: str = "pair") -> tuple[list[Sample], str]:
     """Full-size (under, over, ref) samples of a dataset split via :mod:`crmef.data`.
 
     Args:
@@ -257,6 +332,9 @@ def load_samples(root: str | Path, split: str = "test", kind: str = "auto", samp
             (the training defaults of :class:`~crmef.data.misalign.MisalignConfig` with a 2 px
             local field; reproducible for ``seed``); the reference stays aligned with the over
             frame and invalid borders are cropped from all three.
+        frames: ``"pair"`` (the darkest and brightest usable frames) or ``"all"``: each sample
+            also carries every usable frame of its bracket (:attr:`Sample.frames`; bracket
+            folders only, not with ``misalign``).
 
     Returns:
         The samples and the detected kind.
@@ -269,7 +347,12 @@ def load_samples(root: str | Path, split: str = "test", kind: str = "auto", samp
     root = Path(root).expanduser()
     if not root.is_dir():
         raise InputError(f"--data {root}: no such folder")
+    if frames not in FRAME_MODES:
+        raise InputError(f"frames must be one of {', '.join(FRAME_MODES)}, got {frames!r}")
     actual = detect_layout(root) if kind == "auto" else kind
+    if frames == "all" and (misalign or actual not in ("brackets", "sice")):
+        raise InputError(f"--frames all needs bracket folders without --misalign; {root} is {actual}"
+                         f"{' (misaligned)' if misalign else ''}")
     cfg = DataConfig(sources=[SourceSpec(root=str(root), kind=actual)], crop=None, split=split,
                      augment=False, seed=seed, samples_per_epoch=None,
                      misalign=MisalignConfig(local_amplitude=2.0) if misalign else False)
@@ -285,8 +368,21 @@ def load_samples(root: str | Path, split: str = "test", kind: str = "auto", samp
         arr = {k: item[k].permute(1, 2, 0).numpy().astype(np.float32) for k in ("under", "over")}
         ref = item.get("ref")
         out.append(Sample(str(item["name"]), arr["under"], arr["over"],
-                          None if ref is None else ref.permute(1, 2, 0).numpy().astype(np.float32)))
+                          None if ref is None else ref.permute(1, 2, 0).numpy().astype(np.float32),
+                          _all_frames(ds, i, cfg.clip_fraction) if frames == "all" else None))
     return out, actual
+
+
+def _all_frames(ds: Any, index: int, clip_fraction: float) -> list[np.ndarray]:
+    """Every usable frame of sample ``index``'s bracket, darkest first, float32 in [0, 1]."""
+    from crmef.data.exposure import usable_frames
+
+    item = ds.items[index % len(ds.items)]
+    scene = item.source_scene
+    if scene is None:
+        raise InputError(f"--frames all: sample {item.name} has no bracket of frames (a labelled pair)")
+    return [np.asarray(ds.cache.frame(f.path, item.size), dtype=np.float32) / np.float32(255.0)
+            for f in usable_frames(scene.frames, clip_fraction)]
 
 
 # ----------------------------------------------------------------------------- runner
@@ -349,9 +445,9 @@ def evaluate(samples: Sequence[Sample], methods: Sequence[Method], metrics: Sequ
     cache = out_dir / "cache"
     bar = tqdm(total=len(samples) * len(methods), desc="eval", unit="img", disable=not progress)
     for s in samples:
-        src = [torch.from_numpy(s.under).permute(2, 0, 1), torch.from_numpy(s.over).permute(2, 0, 1)]
+        src = [torch.from_numpy(np.ascontiguousarray(f)).permute(2, 0, 1) for f in s.sources]
         ref = None if s.ref is None else torch.from_numpy(s.ref).permute(2, 0, 1)
-        wanted = [m for m in metrics if m == "mef_ssim" or ref is not None]
+        wanted = [m for m in metrics if m in NO_REFERENCE_METRIC_NAMES or ref is not None]
         for m in methods:
             bar.set_postfix_str(f"{m.label} {s.name}"[:40])
             png, meta = _cache_paths(cache, m, data_key, s.name)
@@ -363,7 +459,10 @@ def evaluate(samples: Sequence[Sample], methods: Sequence[Method], metrics: Sequ
                     cached = False
             if not cached:
                 t0 = time.perf_counter()
-                fused = m.fuse(s.under, s.over, s.name)
+                if s.frames and m.fuse_frames is not None:
+                    fused = m.fuse_frames(s.frames, s.name)
+                else:
+                    fused = m.fuse(s.under, s.over, s.name)
                 seconds = time.perf_counter() - t0
                 if fused.shape != s.under.shape:
                     raise InputError(
@@ -395,7 +494,7 @@ def evaluate(samples: Sequence[Sample], methods: Sequence[Method], metrics: Sequ
 def _fmt(v: tuple[float, float] | None, metric: str) -> str:
     if v is None:
         return "–"
-    digits = 2 if metric == "psnr" else 4
+    digits = 2 if metric == "psnr" else 5 if metric == "chroma_hull" else 4
     return f"{v[0]:.{digits}f} ± {v[1]:.{digits}f}"
 
 

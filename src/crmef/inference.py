@@ -37,6 +37,7 @@ the running result is the under-exposed input and the next brighter frame the ov
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -48,6 +49,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from crmef.engine import engine_card
 from crmef.errors import InputError
 from crmef.nets.fusion import FusionNet
 from crmef.nets.prior import prealign_array, prior_array
@@ -514,6 +516,11 @@ def fuse(
 ) -> np.ndarray:
     """Fuse a bracket into one well-exposed image.
 
+    With an engine model (``"general"``, the default, ``"aligned"``, or an engine card ``.json``)
+    every usable frame is fused at once by :mod:`crmef.engine` (``extremes=True``: only the
+    darkest and brightest usable frames); with the paper's network (``"paper_general"``,
+    ``"paper_aligned"``, a ``.safetensors`` path or a :class:`FusionNet`) the pair path below.
+
     Args:
         images: two or more frames of one scene, each an (H, W, 3) RGB array (float in [0, 1],
             uint8 or uint16) or an image path, in any order.
@@ -529,16 +536,36 @@ def fuse(
     Raises:
         InputError: bad frames (fewer than two, unreadable, different sizes) or a missing model.
     """
-    cfg = FuseConfig(mode=mode, **options)  # type: ignore[arg-type]
     from crmef.imageio import read_image
 
     names = [str(f) if isinstance(f, (str, os.PathLike)) else f"frame {i}" for i, f in enumerate(images)]
     arrays = [read_image(f) if isinstance(f, (str, os.PathLike)) else f for f in images]
+    card = None if isinstance(model, FusionNet) else engine_card(model)
+    if card is not None:
+        from crmef.engine import select_frames
+
+        extremes = bool(options.pop("extremes", False))
+        resize = bool(options.pop("resize", False))
+        if options or mode != "auto":
+            raise InputError(f"the engine model {model!r} takes no options besides extremes and resize, "
+                             f"got {sorted(options) + ([f'mode={mode}'] if mode != 'auto' else [])}")
+        frames = check_frames(arrays, names, resize=resize)
+        used, _ = select_frames(frames, extremes=extremes)
+        return _engine(str(card))([frames[i] for i in used])
+    options.pop("extremes", None)
+    cfg = FuseConfig(mode=mode, **options)  # type: ignore[arg-type]
     frames = check_frames(arrays, names, resize=cfg.resize)
     order = order_by_brightness(frames)
     dev = get_device(device)
     net = get_model(model, dev)
     return fuse_ordered(net, [frames[i] for i in order], cfg, dev)
+
+
+@functools.lru_cache(maxsize=4)
+def _engine(card: str):
+    from crmef.engine import ExposureModel
+
+    return ExposureModel.from_card(card)
 
 
 def order_files(paths: Sequence[Path]) -> list[Path]:

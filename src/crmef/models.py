@@ -42,7 +42,7 @@ from crmef.utils import atomic_path, atomic_write_text
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 """Directory of the shipped default models."""
-DEFAULT_MODELS = ("general", "aligned")
+DEFAULT_MODELS = ("paper_general", "paper_aligned")
 """Names that resolve to shipped models."""
 CARD_REQUIRED = ("genotype", "channels", "cascades", "head")
 """Model-card keys needed to build the network."""

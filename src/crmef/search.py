@@ -10,13 +10,18 @@ step on a validation batch (Adam). The architecture gradient is first-order by d
 second-order (unrolled, finite-difference Hessian-vector product) variant of DARTS is an option.
 
 The :class:`Architect` owns the α optimiser and is kept apart from the network. Data-parallel
-runs (``torchrun --nproc_per_node N``) wrap the network in DDP for the weight step and average
-the α gradients with ``all_reduce``, so α stays identical on every rank.
+runs (``torchrun --nproc_per_node N``; process group, device, seeds and checkpoints from
+:mod:`crmef.runtime`) wrap the network in DDP for the weight step and average the α gradients
+with ``all_reduce``, so α stays identical on every rank. Loader workers persist across passes
+(pinned memory on CUDA) and a decode cache is prepared by rank 0 before the loop.
 
 Outputs of :func:`run_search` in the run directory: ``config.yaml`` (resolved), ``alphas.json``
 (softmax α per slot per epoch), ``genotype.json``, ``alphas.png`` (heatmap, slots × ops),
 ``derived.json`` (params, GFLOPs, measured latency, validation L1 of the derived net),
-``latency_table.json`` (the table used) and ``checkpoint.pt`` (resume).
+``latency_table.json`` (the table used) and ``checkpoints/epoch-0000123/`` (after every epoch:
+super-net weights and α, both optimisers, scheduler, history and the RNG state of every rank, in
+safetensors + JSON, written atomically; ``checkpoints/latest`` names the newest). ``resume``
+continues from it exactly: the data order is a pure function of the seed and the pass.
 """
 
 from __future__ import annotations
@@ -24,9 +29,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import statistics
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -35,18 +38,35 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
 from crmef.config import dump_config, to_dict
 from crmef.data.datasets import DataConfig
 from crmef.errors import ConfigError
 from crmef.latency import ExpectedLatency, LatencyTable, ensure_table, slot_sigs
 from crmef.nets import FusionNet, NetConfig
+from crmef.runtime import (
+    EpochSampler,
+    Runtime,
+    git_revision,
+    latest_checkpoint,
+    load_checkpoint,
+    make_loader,
+    optim_from_tensors,
+    optim_to_tensors,
+    prepare_cache,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+    setup,
+)
 from crmef.space import CONV_OPS, DEFORM_OPS, SLOT_KINDS, Genotype, SearchSpace
-from crmef.utils import atomic_path, atomic_write_text, resolve_device
+from crmef.utils import atomic_path, atomic_write_text
+
+CKPT_DIR = "checkpoints"
 
 # --------------------------------------------------------------------------------------------
 # Configuration
@@ -244,51 +264,27 @@ def build_datasets(cfg: SearchConfig) -> tuple[Dataset, Dataset]:
     return build_dataset(train_cfg), build_dataset(val_cfg)
 
 
-def _loader(ds: Dataset, cfg: SearchConfig, seed: int, distributed: bool) -> DataLoader:
-    gen = torch.Generator().manual_seed(seed)
-    sampler = DistributedSampler(ds, shuffle=True, seed=seed, drop_last=True) if distributed else None
-    return DataLoader(ds, batch_size=cfg.data.batch, shuffle=sampler is None, sampler=sampler,
-                      num_workers=cfg.data.workers, drop_last=len(ds) >= cfg.data.batch, generator=gen)
+def _loader(ds: Dataset, cfg: SearchConfig, seed: int, rt: Runtime) -> DataLoader:
+    """Batches of ``ds`` in a per-pass order that is a pure function of ``(seed, pass)``, this
+    rank's slice of it (workers persist across passes; pinned on CUDA)."""
+    sampler = EpochSampler(len(ds), seed, rank=rt.rank, world=rt.world)  # type: ignore[arg-type]
+    drop_last = sampler.per_rank() >= cfg.data.batch
+    return make_loader(ds, sampler, cfg.data.batch, cfg.data.workers, rt.device, seed=seed, drop_last=drop_last)
 
 
-def _cycle(loader: DataLoader) -> Iterator[dict[str, Any]]:
-    """Endless batches; reshuffles (and calls ``set_epoch``) on every pass."""
-    epoch = 0
+def _cycle(loader: DataLoader, start: int = 0) -> Iterator[dict[str, Any]]:
+    """Endless batches, a new order every pass, beginning after the first ``start`` batches
+    (how a resumed search takes the batches an uninterrupted one would)."""
+    sampler: EpochSampler = loader.sampler  # type: ignore[assignment]
+    batch = loader.batch_size or 1
+    per_pass = sampler.per_rank() // batch if loader.drop_last else -(-sampler.per_rank() // batch)
+    if per_pass < 1:
+        raise ConfigError(f"the data loader is empty (dataset of {len(loader.dataset)} samples, batch {batch})")  # type: ignore[arg-type]
+    epoch, within = divmod(start, per_pass)
     while True:
-        for obj in (getattr(loader, "sampler", None), getattr(loader, "dataset", None)):
-            if hasattr(obj, "set_epoch"):
-                obj.set_epoch(epoch)
-        n = 0
-        for batch in loader:
-            n += 1
-            yield batch
-        if n == 0:
-            raise ConfigError(f"the data loader is empty (dataset of {len(loader.dataset)} samples, batch {loader.batch_size})")
-        epoch += 1
-
-
-# --------------------------------------------------------------------------------------------
-# Distributed helpers
-# --------------------------------------------------------------------------------------------
-
-
-def _dist_on() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def _rank() -> int:
-    return dist.get_rank() if _dist_on() else 0
-
-
-def init_distributed(device: torch.device) -> bool:
-    """Initialise the process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or (dist.is_available() and dist.is_initialized()):
-        return _dist_on()
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend=backend)
-    if device.type == "cuda":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    return True
+        sampler.set_epoch(epoch, within * batch)
+        yield from loader
+        epoch, within = epoch + 1, 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -306,14 +302,17 @@ class Architect:
 
     Args:
         net: the super-net (not DDP-wrapped).
+        rt: the runtime (α gradients are averaged over its ranks); None: one process.
         latency: the expected-latency term ``R(α)``.
         cfg: the search section (η, Adam settings, order).
         w_optimizer: the weight optimiser (its learning rate is the unrolled step size ``ξ`` when
             ``unrolled_xi`` is not set).
     """
 
-    def __init__(self, net: FusionNet, latency: ExpectedLatency, cfg: SearchSection, w_optimizer: torch.optim.Optimizer) -> None:
+    def __init__(self, net: FusionNet, latency: ExpectedLatency, cfg: SearchSection, w_optimizer: torch.optim.Optimizer,
+                 rt: Runtime | None = None) -> None:
         self.net, self.latency, self.cfg, self.w_optimizer = net, latency, cfg, w_optimizer
+        self.rt = rt or Runtime(torch.device("cpu"))
         self.alphas = net.arch_parameters()
         if not self.alphas:
             raise ConfigError("the super-net has no searchable slot (every candidate list has one op)")
@@ -333,12 +332,8 @@ class Architect:
         if self.cfg.eta > 0:
             r_grads = torch.autograd.grad(self.cfg.eta * r, self.alphas)
             grads = [g + rg for g, rg in zip(grads, r_grads)]
-        if _dist_on():
-            flat = torch.cat([g.reshape(-1) for g in grads])
-            dist.all_reduce(flat)
-            flat /= dist.get_world_size()
-            grads = list(torch.split(flat, [g.numel() for g in grads]))
-            grads = [g.view_as(a) for g, a in zip(grads, self.alphas)]
+        grads = [g.detach().clone() for g in grads]
+        self.rt.all_reduce_mean_(grads)  # α stays identical on every rank
         self.optimizer.zero_grad(set_to_none=True)
         for a, g in zip(self.alphas, grads):
             a.grad = g.detach().clone()
@@ -472,15 +467,6 @@ def measure_latency(nets: dict[str, nn.Module], size: int, runs: int, device: to
     return {k: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v)} for k, v in times.items()}
 
 
-def _git_rev() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 # --------------------------------------------------------------------------------------------
 # The search
 # --------------------------------------------------------------------------------------------
@@ -496,151 +482,198 @@ class SearchResult:
     out_dir: Path
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def run_search(cfg: SearchConfig, out_dir: str | Path, resume: bool = False,
                log: Callable[[str], None] | None = None) -> SearchResult:
     """Run the hardware-aware search described by ``cfg`` and write its outputs to ``out_dir``.
+
+    Under ``torchrun`` every rank calls this; a process group it created is destroyed at the end.
 
     Raises:
         ConfigError: an invalid config or missing data, before any training or timing starts.
     """
     cfg.validate()
-    device = resolve_device(cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    distributed = init_distributed(device)
-    rank = _rank()
-    world = dist.get_world_size() if distributed else 1
-    if distributed and device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    out = Path(out_dir)
+    rt = setup(cfg.device, cfg.threads)
+    try:
+        run = _SearchRun(cfg, Path(out_dir), rt, log)
+        run.start(resume)
+        for epoch in range(run.start_epoch, run.n_epochs):
+            run.epoch(epoch)
+        return run.finish()
+    finally:
+        rt.teardown()
 
-    def say(msg: str) -> None:
-        if rank == 0:
-            (log or print)(msg)
 
-    net_cfg = cfg.net_config()
-    train_ds, val_ds = build_datasets(cfg)  # raises ConfigError on missing data, before any work
-    s = cfg.search
-    seed_everything(s.seed)
-    net = FusionNet.supernet(net_cfg).to(device)
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "config.yaml", dump_config(cfg))
+class _SearchRun:
+    """One search, in the order it happens: build (data, super-net, latency table, optimisers),
+    :meth:`start` (resume), :meth:`epoch` (warm-up or search), :meth:`save`, :meth:`finish`."""
 
-    # Latency table (rank 0 measures; the others wait and read it).
-    lat_size = cfg.latency.size or cfg.data.crop
-    sigs = list({sig.key: sig for _, ch in net.choices() for sig in slot_sigs(ch, lat_size)}.values())
-    table_path = Path(cfg.latency.table) if cfg.latency.table else out / "latency_table.json"
-    if rank == 0:
-        table = ensure_table(table_path, sigs, device, batch=cfg.latency.batch, runs=cfg.latency.runs,
-                             warmup=cfg.latency.warmup, log=say)
-        if table_path != out / "latency_table.json":
-            table.save(out / "latency_table.json")
-    if distributed:
-        dist.barrier()
-    if rank != 0:
-        table = LatencyTable.load(out / "latency_table.json")
-    latency = ExpectedLatency(net, table, lat_size).to(device)
-    say(f"latency: R_uniform = {latency.reference_ms:.2f} ms, fastest = {latency.fastest_ms():.2f} ms "
-        f"({latency.fastest_ms() / latency.reference_ms:.3f} of uniform) at {lat_size}x{lat_size}, batch {cfg.latency.batch}")
+    def __init__(self, cfg: SearchConfig, out: Path, rt: Runtime, log: Callable[[str], None] | None) -> None:
+        self.cfg, self.out, self.rt, self._log = cfg, out, rt, log
+        self.device = rt.device
+        s = cfg.search
+        net_cfg = cfg.net_config()
+        self.train_ds, self.val_ds = build_datasets(cfg)  # raises ConfigError on missing data, before any work
+        seed_everything(s.seed)
+        self.net = FusionNet.supernet(net_cfg).to(self.device)
+        if rt.main:
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(out / "config.yaml", dump_config(cfg))
+        self.latency = self._latency_term()
+        self.model: nn.Module = self.net
+        if rt.distributed:  # broadcasts rank 0's weights and α
+            self.model = nn.parallel.DistributedDataParallel(
+                self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.w_params = self.net.weight_parameters()
+        self.w_opt = torch.optim.SGD(self.w_params, lr=s.w_lr, momentum=s.w_momentum, weight_decay=s.w_weight_decay)
+        self.n_epochs = s.warmup_epochs + s.epochs
+        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.w_opt, T_max=max(1, self.n_epochs * s.steps_per_epoch), eta_min=s.w_lr_min)
+        self.architect = Architect(self.net, self.latency, s, self.w_opt, rt)
+        self.candidates = {name: list(ch.candidates) for name, ch in self.net.choices() if ch.alpha is not None}
+        self.history: list[dict[str, Any]] = []
+        self.start_epoch = 0
+        self.search_s = 0.0
 
-    model: nn.Module = net
-    if distributed:
-        model = nn.parallel.DistributedDataParallel(net)  # broadcasts rank 0's weights and α
-    w_params = net.weight_parameters()
-    w_opt = torch.optim.SGD(w_params, lr=s.w_lr, momentum=s.w_momentum, weight_decay=s.w_weight_decay)
-    total_steps = max(1, (s.warmup_epochs + s.epochs) * s.steps_per_epoch)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, T_max=total_steps, eta_min=s.w_lr_min)
-    architect = Architect(net, latency, s, w_opt)
+    def say(self, msg: str) -> None:
+        if self.rt.main:
+            (self._log or print)(msg)
 
-    train_iter = _cycle(_loader(train_ds, cfg, s.seed, distributed))
-    val_iter = _cycle(_loader(val_ds, cfg, s.seed + 1, distributed))
-    history: list[dict[str, Any]] = []
-    start_epoch = 0
-    ckpt = out / "checkpoint.pt"
-    if resume and ckpt.is_file():
-        state = torch.load(ckpt, map_location=device, weights_only=True)
-        net.load_state_dict(state["net"])
-        w_opt.load_state_dict(state["w_opt"])
-        architect.optimizer.load_state_dict(state["a_opt"])
-        sched.load_state_dict(state["sched"])
-        history = json.loads(state["history"])
-        start_epoch = int(state["epoch"])
-        say(f"resumed from {ckpt} at epoch {start_epoch}")
-    candidates = {name: list(ch.candidates) for name, ch in net.choices() if ch.alpha is not None}
+    def _latency_term(self) -> ExpectedLatency:
+        """The look-up table (rank 0 measures or loads it; the others wait and read it) and R(α)."""
+        cfg, out = self.cfg, self.out
+        lat_size = cfg.latency.size or cfg.data.crop
+        sigs = list({sig.key: sig for _, ch in self.net.choices() for sig in slot_sigs(ch, lat_size)}.values())
+        table_path = Path(cfg.latency.table) if cfg.latency.table else out / "latency_table.json"
+        if self.rt.main:
+            table = ensure_table(table_path, sigs, self.device, batch=cfg.latency.batch, runs=cfg.latency.runs,
+                                 warmup=cfg.latency.warmup, log=self.say)
+            if table_path != out / "latency_table.json":
+                table.save(out / "latency_table.json")
+        self.rt.barrier()
+        if not self.rt.main:
+            table = LatencyTable.load(out / "latency_table.json")
+        latency = ExpectedLatency(self.net, table, lat_size).to(self.device)
+        self.say(f"latency: R_uniform = {latency.reference_ms:.2f} ms, fastest = {latency.fastest_ms():.2f} ms "
+                 f"({latency.fastest_ms() / latency.reference_ms:.3f} of uniform) at {lat_size}x{lat_size}, batch {cfg.latency.batch}")
+        return latency
 
-    def to_dev(b: dict[str, Any]) -> dict[str, Tensor]:
-        return {k: v.to(device) for k, v in b.items() if isinstance(v, Tensor)}
+    def start(self, resume: bool) -> None:
+        """Restore the newest checkpoint (when ``resume`` and there is one), prepare the data
+        cache on rank 0, and position the data where the restored epoch left it."""
+        ckpt = latest_checkpoint(self.out / CKPT_DIR) if resume else None
+        if ckpt is not None:
+            self.restore(ckpt)
+            self.say(f"resumed from {ckpt} at epoch {self.start_epoch}")
+        prepare_cache(self.rt, [self.train_ds, self.val_ds])
+        s = self.cfg.search
+        spe = s.steps_per_epoch
+        self.train_iter = _cycle(_loader(self.train_ds, self.cfg, s.seed, self.rt), start=self.start_epoch * spe)
+        self.val_iter = _cycle(_loader(self.val_ds, self.cfg, s.seed + 1, self.rt),
+                               start=max(0, self.start_epoch - s.warmup_epochs) * spe)
+        self.net.train()
+        self._t0 = time.time()
 
-    t0 = time.time()
-    n_epochs = s.warmup_epochs + s.epochs
-    net.train()
-    for epoch in range(start_epoch, n_epochs):
+    def _to_dev(self, b: dict[str, Any]) -> dict[str, Tensor]:
+        return {k: v.to(self.device, non_blocking=True) for k, v in b.items() if isinstance(v, Tensor)}
+
+    def epoch(self, epoch: int) -> None:
+        """One epoch: a weight step per batch, preceded by an α step once past the warm-up."""
+        s, cfg = self.cfg.search, self.cfg
         searching = epoch >= s.warmup_epochs
         stats: dict[str, list[float]] = {"train_l1": [], "val_l1": [], "R": []}
         for step in range(s.steps_per_epoch):
-            tb = to_dev(next(train_iter))
+            tb = self._to_dev(next(self.train_iter))
             if searching:
-                vb = to_dev(next(val_iter))
-                a = architect.step(vb, tb if s.order == "second" else None)
+                vb = self._to_dev(next(self.val_iter))
+                a = self.architect.step(vb, tb if s.order == "second" else None)
                 stats["val_l1"].append(a["val_l1"])
                 stats["R"].append(a["R"])
-            w_opt.zero_grad(set_to_none=True)
-            loss = l1_loss(model, tb)
-            loss.backward()
-            for p in net.arch_parameters():
-                p.grad = None  # α are only moved by the architect
-            if s.w_grad_clip > 0:
-                nn.utils.clip_grad_norm_(w_params, s.w_grad_clip)
-            w_opt.step()
-            sched.step()
-            stats["train_l1"].append(float(loss.detach()))
+            stats["train_l1"].append(self._weight_step(tb))
             if cfg.log_every and (step + 1) % cfg.log_every == 0:
-                say(f"epoch {epoch + 1}/{n_epochs} step {step + 1}/{s.steps_per_epoch} train_l1 {np.mean(stats['train_l1']):.4f}"
-                    + (f" val_l1 {np.mean(stats['val_l1']):.4f} R {stats['R'][-1]:.4f}" if searching else "")
-                    + f" ({time.time() - t0:.0f}s)")
+                self.say(f"epoch {epoch + 1}/{self.n_epochs} step {step + 1}/{s.steps_per_epoch} train_l1 {np.mean(stats['train_l1']):.4f}"
+                         + (f" val_l1 {np.mean(stats['val_l1']):.4f} R {stats['R'][-1]:.4f}" if searching else "")
+                         + f" ({time.time() - self._t0:.0f}s)")
         rec = {"epoch": epoch + 1, "phase": "search" if searching else "warmup",
-               "train_l1": float(np.mean(stats["train_l1"])), "lr": sched.get_last_lr()[0],
-               "alphas": alpha_snapshot(net)}
+               "train_l1": float(np.mean(stats["train_l1"])), "lr": self.sched.get_last_lr()[0],
+               "alphas": alpha_snapshot(self.net)}
         if searching:
-            rec.update(val_l1=float(np.mean(stats["val_l1"])), R=float(latency().detach()),
-                       R_derived_ms=latency.derived_ms(), genotype=net.derive().to_dict())
-        history.append(rec)
-        say(f"epoch {epoch + 1}/{n_epochs} [{rec['phase']}] train_l1 {rec['train_l1']:.4f}"
-            + (f" val_l1 {rec['val_l1']:.4f} R {rec['R']:.4f} table-ms(derived) {rec['R_derived_ms']:.1f}" if searching else "")
-            + f" ({time.time() - t0:.0f}s)")
-        if rank == 0:
-            _write_alphas(out, candidates, history)
-            with atomic_path(ckpt) as tmp:
-                torch.save({"net": net.state_dict(), "w_opt": w_opt.state_dict(), "a_opt": architect.optimizer.state_dict(),
-                            "sched": sched.state_dict(), "history": json.dumps(history), "epoch": epoch + 1}, tmp)
-    search_s = time.time() - t0
+            rec.update(val_l1=float(np.mean(stats["val_l1"])), R=float(self.latency().detach()),
+                       R_derived_ms=self.latency.derived_ms(), genotype=self.net.derive().to_dict())
+        self.history.append(rec)
+        self.save(epoch + 1)
+        self.say(f"epoch {epoch + 1}/{self.n_epochs} [{rec['phase']}] train_l1 {rec['train_l1']:.4f}"
+                 + (f" val_l1 {rec['val_l1']:.4f} R {rec['R']:.4f} table-ms(derived) {rec['R_derived_ms']:.1f}" if searching else "")
+                 + f" ({time.time() - self._t0:.0f}s)")
 
-    genotype = net.derive()
-    alphas = alpha_snapshot(net)
-    derived_info: dict[str, Any] = {}
-    if rank == 0:
-        genotype.save(out / "genotype.json")
-        _write_alphas(out, candidates, history)
-        plot_alphas(alphas, candidates, out / "alphas.png",
-                    title=f"softmax(α), η={s.eta}, C={cfg.model.channels} (● = derived op)")
-        val_batches = [to_dev(b) for b, _ in zip(_cycle(_loader(val_ds, cfg, s.seed + 2, False)), range(cfg.derive.val_batches))]
-        derived_info = evaluate_derived(cfg, net, genotype, latency, train_ds, val_batches, device, say)
-        derived_info.update(search_s=round(search_s, 1), world_size=world, git=_git_rev(),
-                            loadavg=list(os.getloadavg()))
-        atomic_write_text(out / "derived.json", json.dumps(derived_info, indent=2) + "\n")
-        say(f"derived: {genotype.to_dict()}")
-        say(f"derived: params {derived_info['params']:,}, {derived_info['gflops']:.2f} GFLOPs at "
-            f"{cfg.derive.latency_size}^2, latency {derived_info['latency_s']:.3f} s, val L1 {derived_info['val_l1']:.4f}")
-    if distributed:
-        dist.barrier()
-    return SearchResult(genotype=genotype, alphas=alphas, derived=derived_info, out_dir=out)
+    def _weight_step(self, tb: dict[str, Tensor]) -> float:
+        self.w_opt.zero_grad(set_to_none=True)
+        loss = l1_loss(self.model, tb)
+        loss.backward()
+        for p in self.net.arch_parameters():
+            p.grad = None  # α are only moved by the architect
+        if self.cfg.search.w_grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.w_params, self.cfg.search.w_grad_clip)
+        self.w_opt.step()
+        self.sched.step()
+        return float(loss.detach())
+
+    def save(self, epoch: int) -> None:
+        """``alphas.json`` and a checkpoint after ``epoch`` epochs (rank 0 writes; every rank
+        must call it, the RNG states of all ranks are gathered)."""
+        rngs = self.rt.gather(rng_state())
+        if not self.rt.main:
+            return
+        _write_alphas(self.out, self.candidates, self.history)
+        w_t, w_meta = optim_to_tensors(self.w_opt, "w")
+        a_t, a_meta = optim_to_tensors(self.architect.optimizer, "alpha")
+        state = {"epoch": epoch, "world": self.rt.world, "history": self.history, "sched": self.sched.state_dict(),
+                 "optim": {"w": w_meta, "alpha": a_meta}, "rng": rngs, "git": git_revision()}
+        save_checkpoint(self.out / CKPT_DIR, epoch, {"net": self.net.state_dict(), "optim": {**w_t, **a_t}}, state,
+                        keep=2, prefix="epoch")
+
+    def restore(self, path: Path) -> None:
+        """Weights, α, both optimisers, scheduler, history and RNG of a checkpoint folder."""
+        ck = load_checkpoint(path, ("net", "optim"))
+        st = ck["state"]
+        if st.get("world", 1) != self.rt.world:
+            raise ConfigError(f"checkpoint {path} was written by {st.get('world')} rank(s); resume with the same number, got {self.rt.world}")
+        try:
+            self.net.load_state_dict(ck["net"])
+        except RuntimeError as exc:
+            raise ConfigError(f"checkpoint {path} does not fit the configured super-net: {exc}") from exc
+        optim_from_tensors(self.w_opt, "w", ck["optim"], st["optim"]["w"])
+        optim_from_tensors(self.architect.optimizer, "alpha", ck["optim"], st["optim"]["alpha"])
+        self.sched.load_state_dict(st["sched"])
+        self.sched.T_max = max(1, self.n_epochs * self.cfg.search.steps_per_epoch)  # --set search.epochs=N may extend a run
+        set_rng_state(st["rng"][self.rt.rank])
+        self.history = list(st["history"])
+        self.start_epoch = int(st["epoch"])
+
+    def finish(self) -> SearchResult:
+        """Derive the genotype; rank 0 writes it, the α plot and the derived net's figures."""
+        cfg, out, s = self.cfg, self.out, self.cfg.search
+        search_s = time.time() - self._t0
+        genotype = self.net.derive()
+        alphas = alpha_snapshot(self.net)
+        derived_info: dict[str, Any] = {}
+        if self.rt.main:
+            genotype.save(out / "genotype.json")
+            _write_alphas(out, self.candidates, self.history)
+            plot_alphas(alphas, self.candidates, out / "alphas.png",
+                        title=f"softmax(α), η={s.eta}, C={cfg.model.channels} (● = derived op)")
+            alone = Runtime(self.device)
+            val_batches = [self._to_dev(b) for b, _ in zip(_cycle(_loader(self.val_ds, cfg, s.seed + 2, alone)),
+                                                            range(cfg.derive.val_batches))]
+            derived_info = evaluate_derived(cfg, self.net, genotype, self.latency, self.train_ds, val_batches,
+                                            self.device, self.say)
+            derived_info.update(search_s=round(search_s, 1), world_size=self.rt.world, git=git_revision(),
+                                loadavg=list(os.getloadavg()))
+            atomic_write_text(out / "derived.json", json.dumps(derived_info, indent=2) + "\n")
+            self.say(f"derived: {genotype.to_dict()}")
+            self.say(f"derived: params {derived_info['params']:,}, {derived_info['gflops']:.2f} GFLOPs at "
+                     f"{cfg.derive.latency_size}^2, latency {derived_info['latency_s']:.3f} s, val L1 {derived_info['val_l1']:.4f}")
+        self.rt.barrier()
+        return SearchResult(genotype=genotype, alphas=alphas, derived=derived_info, out_dir=out)
 
 
 def _write_alphas(out: Path, candidates: dict[str, list[str]], history: list[dict[str, Any]]) -> None:
@@ -668,7 +701,7 @@ def evaluate_derived(cfg: SearchConfig, supernet: FusionNet, genotype: Genotype,
     if d.finetune_steps > 0:
         opt = torch.optim.Adam(derived.parameters(), lr=d.finetune_lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=d.finetune_steps)
-        it = _cycle(_loader(train_ds, cfg, cfg.search.seed + 3, False))
+        it = _cycle(_loader(train_ds, cfg, cfg.search.seed + 3, Runtime(device)))
         derived.train()
         for _ in range(d.finetune_steps):
             b = {k: v.to(device) for k, v in next(it).items() if isinstance(v, Tensor)}

@@ -33,7 +33,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import deform_conv2d
 
 # --------------------------------------------------------------------------------------------
 # Candidate operations
@@ -129,6 +128,9 @@ class DeformOp(nn.Module):
 
     def deform(self, x: Tensor, offset: Tensor, mask: Tensor) -> Tensor:
         """The modulated deformable convolution itself (no activation)."""
+        # imported here: torchvision.ops pulls in torch._dynamo (~2 s), and only DASM needs it
+        from torchvision.ops import deform_conv2d
+
         return deform_conv2d(x, offset, self.weight, self.bias, padding=self.k // 2, mask=mask)
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:

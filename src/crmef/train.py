@@ -14,51 +14,53 @@ Schedule: Adam with cosine decay from ``optim.lr`` (1e-4) to ``optim.lr_min`` (1
 ``gan_start`` on (pixel-loss warm-up before). Validation (PSNR, SSIM, MEF-SSIM) runs once per
 epoch, or every ``val_every`` steps; the best validation PSNR is exported as ``best.safetensors``.
 
-Checkpoints: ``<out>/checkpoints/step-000123/`` holds ``model.safetensors``,
-``critic.safetensors``, ``optim.safetensors`` (every optimiser state tensor) and ``state.json``
-(step, epoch, wall time, optimiser hyper-parameters, scheduler, RNG of python/numpy/torch of
-every rank, best validation). It is written under a temporary name and renamed whole; then
-``<out>/checkpoints/latest`` (one line, written atomically) is switched to it. A crash or
-SIGKILL at any moment therefore leaves ``latest`` naming a complete checkpoint. ``--resume``
-restores everything, and the data order is a pure function of ``(seed, epoch)``, so a resumed
-run takes exactly the steps an uninterrupted one would.
+Checkpoints (:mod:`crmef.runtime`): ``<out>/checkpoints/step-000123/`` holds
+``model.safetensors``, ``critic.safetensors``, ``optim.safetensors`` (every optimiser state
+tensor) and ``state.json`` (step, epoch, wall time, optimiser hyper-parameters, scheduler, RNG of
+python/numpy/torch/CUDA of every rank, best validation, git revision). It is written under a
+temporary name and renamed whole; then ``<out>/checkpoints/latest`` (one line, written
+atomically) is switched to it. A crash or SIGKILL at any moment therefore leaves ``latest``
+naming a complete checkpoint. ``--resume`` restores everything, and the data order is a pure
+function of ``(seed, epoch)``, so a resumed run takes exactly the steps an uninterrupted one would.
 
-Data-parallel: under ``torchrun`` (``WORLD_SIZE > 1``) each rank takes a disjoint slice of every
-epoch's order; the generator is wrapped in ``DistributedDataParallel`` (gloo on CPU, NCCL on
-CUDA) and the critic's gradients are all-reduced by hand, because the gradient penalty's double
-backward is not supported through DDP's reducer (the approach of StyleGAN2-ADA). On CUDA the
-forward passes run under bfloat16 autocast (``amp``); the losses are computed in float32.
+Data-parallel (``torchrun --nproc_per_node N``; :mod:`crmef.runtime` sets up the process group,
+NCCL on CUDA, gloo on CPU): each rank takes a disjoint slice of every epoch's order (rank ``r``
+takes positions ``r, r + N, ...``, so N ranks with batch ``b`` step like one rank with batch
+``N·b``). The generator is wrapped in ``DistributedDataParallel`` after ``model.train_only``
+froze its other parameters; the critic's gradients are all-reduced by hand, because the gradient
+penalty's double backward is not supported through DDP's reducer (the approach of
+StyleGAN2-ADA). ``max_minutes`` is decided on rank 0's clock and broadcast every step, so every
+rank stops (and checkpoints) at the same step. The data cache (decoded frames, references) is
+prepared by rank 0 before the loop while the others wait. On CUDA the generator's forward pass
+runs under bfloat16 autocast (``amp``); the critic and the losses run in float32 outside it.
+Loader workers persist between epochs and batches are pinned on CUDA.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import random
-import shutil
-import subprocess
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Sampler
 
+from crmef import runtime
 from crmef.config import dump_config, to_dict
-from crmef.data.datasets import DataConfig, MixedDataset, build_dataset, worker_init
-from crmef.errors import ConfigError, CrmefError, InputError
+from crmef.data.datasets import DataConfig, MixedDataset, build_dataset
+from crmef.errors import ConfigError, CrmefError
 from crmef.losses import FusionLoss, LossConfig, critic_loss
 from crmef.nets.critic import CriticConfig, PatchCritic
 from crmef.nets.fusion import NET_OPTIONS, FusionNet
 from crmef.nets.prior import PRIORS
+from crmef.runtime import EpochSampler
 from crmef.space import Genotype, get_preset
-from crmef.utils import atomic_path, atomic_write_text, resolve_device
+from crmef.utils import atomic_write_text
 
 __all__ = [
     "ModelSpec",
@@ -71,10 +73,11 @@ __all__ = [
     "latest_checkpoint",
     "load_checkpoint",
     "build_net",
+    "EpochSampler",
 ]
 
 CKPT_DIR = "checkpoints"
-LATEST = "latest"
+CKPT_PARTS = ("model", "critic", "optim")
 
 
 class NonFiniteLossError(CrmefError, RuntimeError):
@@ -158,19 +161,23 @@ class TrainConfig:
         optim: optimisers.
         data: training data (crops, augmentation, sources).
         val: validation data, or None to skip validation.
-        steps: total generator steps (the cosine period).
+        steps: total generator steps (the cosine period); ignored when ``epochs`` is set.
+        epochs: when set, ``steps = epochs × steps per epoch`` (an epoch is ``len(data)`` samples
+            over all ranks, so the step count follows the number of ranks and the batch).
         batch_size: crops per step (per rank).
         gan_start: generator steps of pixel-only warm-up before the adversarial term starts.
         checkpoint_every: steps between checkpoints (one is always written at the end).
         keep_checkpoints: how many recent checkpoints to keep.
         log_every: steps between TensorBoard scalar writes.
         val_every: steps between validations; None = once per epoch.
-        workers: DataLoader worker processes (0 = load in the training process).
+        workers: DataLoader worker processes per rank (0 = load in the training process); started
+            once and kept between epochs.
         threads: torch intra-op threads (None: torch's default).
         device: ``auto``, ``cpu``, ``cuda``...
         amp: bfloat16 autocast on CUDA (ignored on CPU).
         seed: seed of the weights' initialisation and of the critic's interpolation.
-        max_minutes: stop cleanly (with a checkpoint) after this much wall time in one process.
+        max_minutes: stop cleanly (with a checkpoint) after this much wall time of this session, on
+            rank 0's clock (every rank stops at the same step).
         tensorboard: write TensorBoard events under ``<out>/tb``.
     """
 
@@ -181,6 +188,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     val: DataConfig | None = None
     steps: int = 1000
+    epochs: int | None = None
     batch_size: int = 8
     gan_start: int = 0
     checkpoint_every: int = 100
@@ -201,6 +209,8 @@ class TrainConfig:
         for name, value in positive.items():
             if value < 1:
                 raise ConfigError(f"{name} must be >= 1, got {value}")
+        if self.epochs is not None and self.epochs < 1:
+            raise ConfigError(f"epochs must be >= 1 or null, got {self.epochs}")
         if self.val_every is not None and self.val_every < 1:
             raise ConfigError(f"val_every must be >= 1 or null, got {self.val_every}")
         if self.gan_start < 0 or self.workers < 0:
@@ -337,101 +347,7 @@ def _init_part(net: FusionNet, entry: str | dict[str, str]) -> None:
     net.load_state_dict(matched, strict=False)
 
 
-class EpochSampler(Sampler[int]):
-    """Deterministic per-epoch order: a pure function of ``(seed, epoch)``, sliced per rank.
-
-    ``set_epoch(epoch, start)`` skips the first ``start`` indices of this rank's order, which is
-    how a resumed run continues mid-epoch.
-
-    Args:
-        n: dataset length.
-        seed: order seed.
-        weights: per-sample weights for sampling with replacement, or None for a permutation.
-        rank: this process's rank.
-        world: number of ranks.
-    """
-
-    def __init__(self, n: int, seed: int, weights: Tensor | None = None, rank: int = 0, world: int = 1) -> None:
-        self.n, self.seed, self.weights, self.rank, self.world = n, seed, weights, rank, world
-        self.epoch = 0
-        self.start = 0
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        """Select the epoch's order and how many of this rank's indices to skip."""
-        self.epoch, self.start = epoch, start
-
-    def per_rank(self) -> int:
-        """Indices per rank per epoch."""
-        return self.n // self.world
-
-    def __iter__(self) -> Iterator[int]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        if self.weights is not None:
-            order = torch.multinomial(self.weights, self.n, replacement=True, generator=g)
-        else:
-            order = torch.randperm(self.n, generator=g)
-        mine = order[: self.per_rank() * self.world][self.rank :: self.world]
-        return iter(mine[self.start :].tolist())
-
-    def __len__(self) -> int:
-        return max(self.per_rank() - self.start, 0)
-
-
-def _git_rev() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 # ----------------------------------------------------------------------------- checkpoints
-
-
-def _optim_to_tensors(opt: torch.optim.Optimizer, prefix: str) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    sd = opt.state_dict()
-    tensors: dict[str, Tensor] = {}
-    meta: dict[str, Any] = {"param_groups": sd["param_groups"], "state": {}}
-    for pid, st in sd["state"].items():
-        entry: dict[str, Any] = {}
-        for k, v in st.items():
-            if torch.is_tensor(v):
-                tensors[f"{prefix}.{pid}.{k}"] = v.detach().to("cpu").contiguous()
-                entry[k] = None
-            else:
-                entry[k] = v
-        meta["state"][str(pid)] = entry
-    return tensors, meta
-
-
-def _optim_from_tensors(opt: torch.optim.Optimizer, prefix: str, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
-    state = {}
-    for pid, entry in meta["state"].items():
-        state[int(pid)] = {k: (tensors[f"{prefix}.{pid}.{k}"] if v is None else v) for k, v in entry.items()}
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-
-
-def _rng_state() -> dict[str, Any]:
-    py = random.getstate()
-    np_state = np.random.get_state()
-    out: dict[str, Any] = {
-        "python": [py[0], list(py[1]), py[2]],
-        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
-        "torch": torch.get_rng_state().tolist(),
-    }
-    if torch.cuda.is_available():
-        out["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
-    return out
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    n = state["numpy"]
-    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
-    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
 
 
 def latest_checkpoint(out_dir: str | os.PathLike[str]) -> Path | None:
@@ -440,14 +356,7 @@ def latest_checkpoint(out_dir: str | os.PathLike[str]) -> Path | None:
     Raises:
         InputError: ``latest`` names a folder that is missing or incomplete.
     """
-    ckpts = Path(out_dir) / CKPT_DIR
-    pointer = ckpts / LATEST
-    if not pointer.is_file():
-        return None
-    path = ckpts / pointer.read_text(encoding="utf-8").strip()
-    if not (path / "state.json").is_file():
-        raise InputError(f"{pointer} names {path}, which is missing or incomplete")
-    return path
+    return runtime.latest_checkpoint(Path(out_dir) / CKPT_DIR)
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -459,33 +368,74 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     Raises:
         InputError: a file is missing or unreadable (named in the message).
     """
-    path = Path(path)
-    out: dict[str, Any] = {}
-    try:
-        out["state"] = json.loads((path / "state.json").read_text(encoding="utf-8"))
-        for part in ("model", "critic", "optim"):
-            out[part] = load_file(str(path / f"{part}.safetensors"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"checkpoint {path}: cannot read ({exc})") from exc
-    except Exception as exc:  # safetensors' own errors
-        raise InputError(f"checkpoint {path}: corrupt safetensors file ({exc})") from exc
-    return out
+    return runtime.load_checkpoint(path, CKPT_PARTS)
 
 
-def _save_tensors(tensors: dict[str, Tensor], path: Path) -> None:
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp))
+# ----------------------------------------------------------------------------- logging
+
+
+class RunLog:
+    """Rank 0's progress bar, TensorBoard events and messages (silent on the other ranks).
+
+    Args:
+        cfg: the run's config (``log_every``, ``tensorboard``).
+        out: run folder (events under ``<out>/tb``).
+        initial: the step the run starts from.
+        progress: show the tqdm bar.
+        active: False on ranks other than 0.
+    """
+
+    def __init__(self, cfg: TrainConfig, out: Path, initial: int, progress: bool, active: bool) -> None:
+        from tqdm import tqdm
+
+        self.cfg, self.active = cfg, active
+        self.bar = tqdm(total=cfg.steps, initial=initial, disable=not (progress and active), desc="train",
+                        unit="step", dynamic_ncols=True)
+        self.writer = None
+        if active and cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(out / "tb"))
+
+    def step(self, step: int, parts: dict[str, float], lr: float, seconds: float) -> None:
+        """One training step's losses and learning rate."""
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{parts['total']:.4f}", l1=f"{parts['int']:.4f}", lr=f"{lr:.2e}", s_step=f"{seconds:.2f}")
+        if self.writer is not None and step % self.cfg.log_every == 0:
+            for k, v in parts.items():
+                self.writer.add_scalar(f"train/{k}", v, step)
+            self.writer.add_scalar("train/lr", lr, step)
+
+    def validation(self, step: int, metrics: dict[str, float], image: Tensor | None) -> None:
+        """A validation's means and its first sample (under | over | output | reference)."""
+        if self.writer is not None:
+            for k, v in metrics.items():
+                self.writer.add_scalar(f"val/{k}", v, step)
+            if image is not None:
+                self.writer.add_image("val/under_over_output_ref", image, step)
+        self.write(f"step {step}: val " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+
+    def write(self, message: str) -> None:
+        """A line above the bar (rank 0)."""
+        if self.active:
+            self.bar.write(message)
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
 
 
 # ----------------------------------------------------------------------------- trainer
 
 
-def _unwrap(module: nn.Module) -> nn.Module:
-    return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
-
-
 class Trainer:
     """Generator + critic training with checkpoints, resume, validation and logging.
+
+    Reading order: ``__init__`` builds (runtime, model, data, optimisers); :meth:`run` is the
+    loop (:meth:`_start`, :meth:`_run_epoch`, :meth:`_after_step`, :meth:`_finish`);
+    :meth:`train_step` is one critic + generator step; :meth:`validate`;
+    :meth:`save_checkpoint` / :meth:`restore`; :class:`RunLog` does the logging.
 
     Args:
         cfg: the run's config.
@@ -497,38 +447,47 @@ class Trainer:
         self.cfg = cfg
         self.out = Path(out_dir)
         self.progress = progress
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.distributed = self.world > 1
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        self.device = resolve_device(cfg.device)
-        if self.distributed and not dist.is_initialized():
-            backend = "nccl" if self.device.type == "cuda" else "gloo"
-            dist.init_process_group(backend=backend)
-        self.rank = dist.get_rank() if self.distributed else 0
-        if self.distributed and self.device.type == "cuda":
-            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-            torch.cuda.set_device(self.device)
+        self.rt = runtime.setup(cfg.device, cfg.threads)
+        self.device, self.rank, self.world = self.rt.device, self.rt.rank, self.rt.world
+        self.distributed = self.rt.distributed
         self.amp = cfg.amp and self.device.type == "cuda"
+        self._build_model()
+        self._build_data()
+        self._build_optimisers()
+        self.step = 0
+        self.wall_time = 0.0
+        self.best: dict[str, float] | None = None
+        self.history: list[dict[str, float]] = []
+        self.log: RunLog | None = None
 
+    # -- building ----------------------------------------------------------------------
+
+    def _build_model(self) -> None:
+        """Network, critic and loss; the generator wrapped in DDP after ``train_only`` froze it."""
+        cfg = self.cfg
         torch.manual_seed(cfg.seed)
         self.net = build_net(cfg.model).to(self.device)
         self.critic = PatchCritic(cfg.critic).to(self.device)
         self.criterion = FusionLoss(cfg.loss)
+        # Freeze first: DDP registers the parameters that require a gradient when it is built
+        # and waits for a gradient of each of them every step.
+        self.g_params = trainable_parameters(self.net, cfg.model.train_only)
+        self.gen: nn.Module = self.net
         if self.distributed:
             for p in self.critic.parameters():
                 dist.broadcast(p.data, src=0)
-            self.gen: nn.Module = nn.parallel.DistributedDataParallel(
+            self.gen = nn.parallel.DistributedDataParallel(
                 self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        else:
-            self.gen = self.net
-        o = cfg.optim
-        self.g_opt = torch.optim.Adam(trainable_parameters(self.net, cfg.model.train_only), lr=o.lr, betas=tuple(o.betas))
-        self.c_opt = torch.optim.Adam(self.critic.parameters(), lr=o.critic_lr, betas=tuple(o.critic_betas))
-        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.g_opt, T_max=cfg.steps, eta_min=o.lr_min)
 
+    def _build_data(self) -> None:
+        """Datasets (probed), the per-rank epoch sampler and the loader; resolves ``epochs``."""
+        cfg = self.cfg
         self.dataset = build_dataset(cfg.data)
         self._probe(self.dataset, "data")
+        self.val_set = None
+        if cfg.val is not None:
+            self.val_set = build_dataset(cfg.val)
+            self._probe(self.val_set, "val")
         weights = None
         if isinstance(self.dataset, MixedDataset) and not self.dataset.uniform:
             weights = self.dataset.weights
@@ -537,22 +496,16 @@ class Trainer:
         if self.steps_per_epoch < 1:
             raise ConfigError(f"data: {len(self.dataset)} samples over {self.world} rank(s) make no batch of "
                               f"{cfg.batch_size}; raise data.samples_per_epoch or lower batch_size")
-        self.loader = DataLoader(self.dataset, batch_size=cfg.batch_size, sampler=self.sampler, drop_last=True,
-                                 num_workers=cfg.workers, persistent_workers=False,
-                                 # Own generator: creating an iterator must not draw from the global
-                                 # torch RNG (else a mid-epoch resume would shift the critic's draws).
-                                 generator=torch.Generator().manual_seed(cfg.data.seed),
-                                 worker_init_fn=worker_init if cfg.workers > 0 else None)
-        self.val_set = None
-        if cfg.val is not None:
-            self.val_set = build_dataset(cfg.val)
-            self._probe(self.val_set, "val")
+        if cfg.epochs is not None:
+            self.cfg = replace(cfg, steps=cfg.epochs * self.steps_per_epoch)
+        self.loader = runtime.make_loader(self.dataset, self.sampler, cfg.batch_size, cfg.workers, self.device,
+                                          seed=cfg.data.seed)
 
-        self.step = 0
-        self.wall_time = 0.0
-        self.best: dict[str, float] | None = None
-        self.history: list[dict[str, float]] = []
-        self.writer = None
+    def _build_optimisers(self) -> None:
+        o = self.cfg.optim
+        self.g_opt = torch.optim.Adam(self.g_params, lr=o.lr, betas=tuple(o.betas))
+        self.c_opt = torch.optim.Adam(self.critic.parameters(), lr=o.critic_lr, betas=tuple(o.critic_betas))
+        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.g_opt, T_max=self.cfg.steps, eta_min=o.lr_min)
 
     @staticmethod
     def _probe(ds: Any, what: str) -> None:
@@ -562,84 +515,7 @@ class Trainer:
         except CrmefError as exc:
             raise ConfigError(f"{what}: {exc}") from exc
 
-    # -- checkpoints -------------------------------------------------------------------
-
-    def save_checkpoint(self) -> Path | None:
-        """Write a checkpoint of the current step (rank 0), atomically; prune old ones."""
-        rngs = [_rng_state()]
-        if self.distributed:
-            gathered: list[Any] = [None] * self.world
-            dist.all_gather_object(gathered, rngs[0])
-            rngs = gathered
-        if self.rank != 0:
-            return None
-        ckpts = self.out / CKPT_DIR
-        ckpts.mkdir(parents=True, exist_ok=True)
-        name = f"step-{self.step:07d}"
-        final = ckpts / name
-        tmp = ckpts / f".{name}.tmp-{os.getpid()}"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
-        g_t, g_meta = _optim_to_tensors(self.g_opt, "gen")
-        c_t, c_meta = _optim_to_tensors(self.c_opt, "critic")
-        _save_tensors({k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}, tmp / "model.safetensors")
-        _save_tensors({k: v.detach().cpu().contiguous() for k, v in self.critic.state_dict().items()}, tmp / "critic.safetensors")
-        _save_tensors({**g_t, **c_t}, tmp / "optim.safetensors")
-        state = {
-            "step": self.step,
-            "epoch": self.step // self.steps_per_epoch,
-            "steps_per_epoch": self.steps_per_epoch,
-            "world": self.world,
-            "wall_time_s": self.wall_time,
-            "optim": {"gen": g_meta, "critic": c_meta},
-            "scheduler": self.sched.state_dict(),
-            "rng": rngs,
-            "best": self.best,
-            "history": self.history,
-            "config": to_dict(self.cfg),
-        }
-        atomic_write_text(tmp / "state.json", json.dumps(state) + "\n")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        atomic_write_text(ckpts / LATEST, name + "\n")
-        done = sorted(p for p in ckpts.glob("step-*") if p.is_dir() and p.name != name)
-        for old in done[: max(len(done) - (self.cfg.keep_checkpoints - 1), 0)]:
-            shutil.rmtree(old, ignore_errors=True)
-        return final
-
-    def restore(self, path: Path) -> None:
-        """Load a checkpoint folder into the trainer (weights, optimisers, scheduler, RNG, step)."""
-        ck = load_checkpoint(path)
-        st = ck["state"]
-        if st.get("world", 1) != self.world:
-            raise ConfigError(f"checkpoint {path} was written by {st.get('world')} rank(s); resume with the same number, got {self.world}")
-        if st.get("steps_per_epoch") != self.steps_per_epoch:
-            raise ConfigError(f"checkpoint {path}: {st.get('steps_per_epoch')} steps per epoch there but "
-                              f"{self.steps_per_epoch} now; the data or batch size changed, so the run cannot resume exactly")
-        try:
-            self.net.load_state_dict(ck["model"])
-            self.critic.load_state_dict(ck["critic"])
-        except RuntimeError as exc:
-            raise ConfigError(f"checkpoint {path} does not fit the configured network: {exc}") from exc
-        _optim_from_tensors(self.g_opt, "gen", ck["optim"], st["optim"]["gen"])
-        _optim_from_tensors(self.c_opt, "critic", ck["optim"], st["optim"]["critic"])
-        self.sched.load_state_dict(st["scheduler"])
-        self.sched.T_max = self.cfg.steps  # a resumed run may be extended with --set steps=N
-        _set_rng_state(st["rng"][self.rank])
-        self.step = int(st["step"])
-        self.wall_time = float(st.get("wall_time_s", 0.0))
-        self.best = st.get("best")
-        self.history = list(st.get("history", []))
-
     # -- one step ------------------------------------------------------------------------
-
-    def _all_finite(self, *values: Tensor) -> bool:
-        ok = torch.tensor([float(all(bool(torch.isfinite(v).all()) for v in values))], device=self.device)
-        if self.distributed:
-            dist.all_reduce(ok, op=dist.ReduceOp.MIN)
-        return bool(ok.item() > 0)
 
     def _autocast(self) -> Any:
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.amp)
@@ -647,8 +523,11 @@ class Trainer:
     def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
         """One critic step (when the adversarial term is on) and one generator step.
 
+        Only the generator's forward pass runs under autocast; the critic and every loss run in
+        float32.
+
         Raises:
-            NonFiniteLossError: a loss is NaN/inf (nothing is updated by that step).
+            NonFiniteLossError: a loss is NaN/inf on any rank (nothing is updated by that step).
         """
         under, over, ref = (batch[k].to(self.device, non_blocking=True) for k in ("under", "over", "ref"))
         prior = batch["prior"].to(self.device, non_blocking=True) if "prior" in batch else None
@@ -659,35 +538,32 @@ class Trainer:
         y = y.float()
         parts: dict[str, float] = {}
         if use_gan:
-            self.critic.requires_grad_(True)
-            self.c_opt.zero_grad(set_to_none=True)
-            with self._autocast():
-                c_loss, c_parts = critic_loss(self.critic, ref, y, self.cfg.loss.gp)
-            if not self._all_finite(c_loss):
-                raise NonFiniteLossError(f"critic loss is {float(c_loss)} at step {self.step + 1}")
-            c_loss.backward()
-            self._reduce_critic_grads()
-            self.c_opt.step()
-            parts.update(c_parts)
+            parts.update(self._critic_step(ref, y))
+        parts.update(self._generator_step(y, ref, (under, over), use_gan))
+        return parts
+
+    def _critic_step(self, ref: Tensor, y: Tensor) -> dict[str, float]:
+        self.critic.requires_grad_(True)
+        self.c_opt.zero_grad(set_to_none=True)
+        c_loss, c_parts = critic_loss(self.critic, ref, y, self.cfg.loss.gp)
+        if not self.rt.all_true(bool(torch.isfinite(c_loss.detach()).all())):
+            raise NonFiniteLossError(f"critic loss is {float(c_loss)} at step {self.step + 1}")
+        c_loss.backward()
+        # By hand: the gradient penalty's double backward does not go through DDP's reducer.
+        self.rt.all_reduce_mean_([p.grad for p in self.critic.parameters() if p.grad is not None])
+        self.c_opt.step()
+        return c_parts
+
+    def _generator_step(self, y: Tensor, ref: Tensor, sources: tuple[Tensor, Tensor], use_gan: bool) -> dict[str, float]:
         self.critic.requires_grad_(False)
-        with self._autocast():
-            loss, g_parts = self.criterion(y, ref, self.critic if use_gan else None, sources=(under, over))
-        if not self._all_finite(loss):
+        loss, g_parts = self.criterion(y, ref, self.critic if use_gan else None, sources=sources)
+        if not self.rt.all_true(bool(torch.isfinite(loss.detach()).all())):
             raise NonFiniteLossError(f"generator loss is {float(loss.detach())} at step {self.step + 1} (parts: {g_parts})")
         self.g_opt.zero_grad(set_to_none=True)
         loss.backward()
         self.g_opt.step()
         self.sched.step()
-        parts.update(g_parts)
-        return parts
-
-    def _reduce_critic_grads(self) -> None:
-        if not self.distributed:
-            return
-        for p in self.critic.parameters():
-            if p.grad is not None:
-                dist.all_reduce(p.grad)
-                p.grad /= self.world
+        return g_parts
 
     # -- validation ---------------------------------------------------------------------
 
@@ -717,11 +593,8 @@ class Trainer:
                 first = torch.cat([u, o, y, r], dim=3)[0]
         self.net.train()
         metrics = {k: v / len(self.val_set) for k, v in sums.items()}
-        if self.writer is not None:
-            for k, v in metrics.items():
-                self.writer.add_scalar(f"val/{k}", v, self.step)
-            if first is not None:
-                self.writer.add_image("val/under_over_output_ref", first, self.step)
+        if self.log is not None:
+            self.log.validation(self.step, metrics, first)
         return metrics
 
     def _after_validation(self, metrics: dict[str, float]) -> None:
@@ -732,6 +605,57 @@ class Trainer:
         if self.best is None or metrics["psnr"] > self.best["psnr"]:
             self.best = record
             save_model(self.net, self.out / "best", self.card(metrics))
+
+    # -- checkpoints ---------------------------------------------------------------------
+
+    def save_checkpoint(self) -> Path | None:
+        """Write a checkpoint of the current step (rank 0; every rank must call it: the RNG
+        states of all ranks are gathered)."""
+        rngs = self.rt.gather(runtime.rng_state())
+        if not self.rt.main:
+            return None
+        g_t, g_meta = runtime.optim_to_tensors(self.g_opt, "gen")
+        c_t, c_meta = runtime.optim_to_tensors(self.c_opt, "critic")
+        state = {
+            "step": self.step,
+            "epoch": self.step // self.steps_per_epoch,
+            "steps_per_epoch": self.steps_per_epoch,
+            "world": self.world,
+            "wall_time_s": self.wall_time,
+            "optim": {"gen": g_meta, "critic": c_meta},
+            "scheduler": self.sched.state_dict(),
+            "rng": rngs,
+            "best": self.best,
+            "history": self.history,
+            "config": to_dict(self.cfg),
+            "git": runtime.git_revision(),
+        }
+        parts = {"model": self.net.state_dict(), "critic": self.critic.state_dict(), "optim": {**g_t, **c_t}}
+        return runtime.save_checkpoint(self.out / CKPT_DIR, self.step, parts, state, self.cfg.keep_checkpoints)
+
+    def restore(self, path: Path) -> None:
+        """Load a checkpoint folder into the trainer (weights, optimisers, scheduler, RNG, step)."""
+        ck = load_checkpoint(path)
+        st = ck["state"]
+        if st.get("world", 1) != self.world:
+            raise ConfigError(f"checkpoint {path} was written by {st.get('world')} rank(s); resume with the same number, got {self.world}")
+        if st.get("steps_per_epoch") != self.steps_per_epoch:
+            raise ConfigError(f"checkpoint {path}: {st.get('steps_per_epoch')} steps per epoch there but "
+                              f"{self.steps_per_epoch} now; the data or batch size changed, so the run cannot resume exactly")
+        try:
+            self.net.load_state_dict(ck["model"])
+            self.critic.load_state_dict(ck["critic"])
+        except RuntimeError as exc:
+            raise ConfigError(f"checkpoint {path} does not fit the configured network: {exc}") from exc
+        runtime.optim_from_tensors(self.g_opt, "gen", ck["optim"], st["optim"]["gen"])
+        runtime.optim_from_tensors(self.c_opt, "critic", ck["optim"], st["optim"]["critic"])
+        self.sched.load_state_dict(st["scheduler"])
+        self.sched.T_max = self.cfg.steps  # a resumed run may be extended with --set steps=N
+        runtime.set_rng_state(st["rng"][self.rank])
+        self.step = int(st["step"])
+        self.wall_time = float(st.get("wall_time_s", 0.0))
+        self.best = st.get("best")
+        self.history = list(st.get("history", []))
 
     # -- export --------------------------------------------------------------------------
 
@@ -751,12 +675,14 @@ class Trainer:
                 "gan_start": self.cfg.gan_start,
                 "optim": to_dict(self.cfg.optim),
                 "critic": to_dict(self.cfg.critic),
-                "git": _git_rev(),
+                "git": runtime.git_revision(),
             },
             "metrics": {"val": metrics or {}},
         }
 
     # -- loop ---------------------------------------------------------------------------
+
+    _clock = staticmethod(time.monotonic)  # the stop clock (only rank 0's decides)
 
     def run(self, resume: bool = False) -> TrainResult:
         """Train to ``cfg.steps`` (or ``max_minutes``), checkpointing as configured.
@@ -765,9 +691,22 @@ class Trainer:
             NonFiniteLossError: NaN/inf loss; the last good checkpoint stays ``latest``.
             ConfigError: ``resume`` without a checkpoint, or one that does not fit.
         """
-        from tqdm import tqdm
+        self._start(resume)
+        stopped_early = False
+        try:
+            while self.step < self.cfg.steps and not stopped_early:
+                stopped_early = self._run_epoch()
+        except NonFiniteLossError as exc:
+            last = latest_checkpoint(self.out) if self.rank == 0 else None
+            keep = f"the last good checkpoint is {last}" if last else "no checkpoint had been written yet"
+            raise NonFiniteLossError(f"training stopped: {exc}; {keep}") from None
+        finally:
+            if self.log is not None:
+                self.log.close()
+        return self._finish(stopped_early)
 
-        cfg = self.cfg
+    def _start(self, resume: bool) -> None:
+        """Restore or check the run folder, write the config, prepare the data cache, start the clock."""
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
         if resume:
@@ -778,60 +717,56 @@ class Trainer:
         elif self.rank == 0 and latest_checkpoint(self.out) is not None:
             raise ConfigError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out")
         if self.rank == 0:
-            atomic_write_text(self.out / "config.yaml", dump_config(cfg))
+            atomic_write_text(self.out / "config.yaml", dump_config(self.cfg))
             atomic_write_text(self.out / "genotype.json", self.net.derive().to_json() + "\n")
-            if cfg.tensorboard:
-                from torch.utils.tensorboard import SummaryWriter
+        runtime.prepare_cache(self.rt, [self.dataset, self.val_set], progress=self.progress)
+        self.log = RunLog(self.cfg, self.out, self.step, self.progress, active=self.rank == 0)
+        self._started = self._clock()
+        self._session_start = self.wall_time
 
-                self.writer = SummaryWriter(str(self.out / "tb"))
-        started = time.monotonic()
-        session_start = self.wall_time
-        stopped_early = False
-        bar = tqdm(total=cfg.steps, initial=self.step, disable=not self.progress or self.rank != 0,
-                   desc="train", unit="step", dynamic_ncols=True)
-        try:
-            while self.step < cfg.steps and not stopped_early:
-                epoch, within = divmod(self.step, self.steps_per_epoch)
-                self.dataset.set_epoch(epoch)
-                self.sampler.set_epoch(epoch, within * cfg.batch_size)
-                for batch in self.loader:
-                    t0 = time.monotonic()
-                    parts = self.train_step(batch)
-                    self.step += 1
-                    self.wall_time = session_start + (time.monotonic() - started)
-                    lr = self.sched.get_last_lr()[0]
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{parts['total']:.4f}", l1=f"{parts['int']:.4f}", lr=f"{lr:.2e}",
-                                    s_step=f"{time.monotonic() - t0:.2f}")
-                    if self.writer is not None and self.step % cfg.log_every == 0:
-                        for k, v in parts.items():
-                            self.writer.add_scalar(f"train/{k}", v, self.step)
-                        self.writer.add_scalar("train/lr", lr, self.step)
-                    end_of_epoch = self.step % self.steps_per_epoch == 0
-                    due = (self.step % cfg.val_every == 0) if cfg.val_every else end_of_epoch
-                    if due or self.step == cfg.steps:
-                        metrics = self.validate()
-                        if metrics is not None:
-                            self._after_validation(metrics)
-                            bar.write(f"step {self.step}: val " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-                    over_time = cfg.max_minutes is not None and (time.monotonic() - started) > 60 * cfg.max_minutes
-                    if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps or over_time:
-                        self.save_checkpoint()
-                    if over_time and self.step < cfg.steps:
-                        stopped_early = True
-                        bar.write(f"stopping after {cfg.max_minutes} minutes at step {self.step}; continue with --resume")
-                    if self.step >= cfg.steps or stopped_early:
-                        break
-                if self.distributed:
-                    dist.barrier()
-        except NonFiniteLossError as exc:
-            last = latest_checkpoint(self.out) if self.rank == 0 else None
-            keep = f"the last good checkpoint is {last}" if last else "no checkpoint had been written yet"
-            raise NonFiniteLossError(f"training stopped: {exc}; {keep}") from None
-        finally:
-            bar.close()
-            if self.writer is not None:
-                self.writer.close()
+    def _run_epoch(self) -> bool:
+        """The rest of the current epoch; True when the run stopped early (``max_minutes``)."""
+        epoch, within = divmod(self.step, self.steps_per_epoch)
+        self.sampler.set_epoch(epoch, within * self.cfg.batch_size)
+        for batch in self.loader:
+            t0 = time.monotonic()
+            parts = self.train_step(batch)
+            self.step += 1
+            if self._after_step(parts, time.monotonic() - t0):
+                return True
+            if self.step >= self.cfg.steps:
+                return False
+        self.rt.barrier()
+        return False
+
+    def _after_step(self, parts: dict[str, float], seconds: float) -> bool:
+        """Log, validate and checkpoint as due; True when every rank stops now (time is up)."""
+        cfg = self.cfg
+        self.wall_time = self._session_start + (self._clock() - self._started)
+        assert self.log is not None
+        self.log.step(self.step, parts, self.sched.get_last_lr()[0], seconds)
+        end_of_epoch = self.step % self.steps_per_epoch == 0
+        due = (self.step % cfg.val_every == 0) if cfg.val_every else end_of_epoch
+        if due or self.step == cfg.steps:
+            metrics = self.validate()
+            if metrics is not None:
+                self._after_validation(metrics)
+        stop = self._time_is_up()
+        if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps or stop:
+            self.save_checkpoint()
+        if stop and self.step < cfg.steps:
+            self.log.write(f"stopping after {cfg.max_minutes} minutes at step {self.step}; continue with --resume")
+            return True
+        return False
+
+    def _time_is_up(self) -> bool:
+        """``max_minutes`` passed on rank 0's clock; broadcast every step, so all ranks stop at
+        the same step (a rank deciding alone would wait in a collective the others skip)."""
+        if self.cfg.max_minutes is None:
+            return False
+        return self.rt.decide(self._clock() - self._started > 60 * self.cfg.max_minutes)
+
+    def _finish(self, stopped_early: bool) -> TrainResult:
         model_path = self.out / "model.safetensors"
         if self.rank == 0:
             from crmef.models import save_model
@@ -842,8 +777,13 @@ class Trainer:
 
 
 def train(cfg: TrainConfig, out_dir: str | os.PathLike[str], resume: bool = False, progress: bool = True) -> TrainResult:
-    """Build a :class:`Trainer` and run it (see the module docstring)."""
-    return Trainer(cfg, out_dir, progress=progress).run(resume=resume)
+    """Build a :class:`Trainer` and run it (see the module docstring); a process group this call
+    created is destroyed at the end."""
+    trainer = Trainer(cfg, out_dir, progress=progress)
+    try:
+        return trainer.run(resume=resume)
+    finally:
+        trainer.rt.teardown()
 
 
 def lr_at(step: int, cfg: OptimConfig, steps: int) -> float:

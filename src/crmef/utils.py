@@ -7,8 +7,10 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported by resolve_device only: the file helpers stay torch-free
+    import torch
 
 
 @contextlib.contextmanager
@@ -53,6 +55,8 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     Raises:
         ValueError: when an explicitly requested accelerator is not available.
     """
+    import torch
+
     if device is None or str(device) == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

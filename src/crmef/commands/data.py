@@ -24,6 +24,9 @@ from typing import Any
 
 from crmef.errors import InputError
 
+CLIP_FRACTION_HELP = "0.95"
+"""The value of ``crmef.data.exposure.DEFAULT_CLIP_FRACTION``, for ``--help`` without importing it."""
+
 
 @contextmanager
 def _warnings_to_stderr() -> Iterator[None]:
@@ -116,8 +119,11 @@ def run_inspect(args: argparse.Namespace) -> int:
     root = Path(args.dir)
     if not root.is_dir():
         raise InputError(f"{root}: no such folder")
+    clip_fraction = args.clip_fraction
+    if clip_fraction is None:
+        from crmef.data.exposure import DEFAULT_CLIP_FRACTION as clip_fraction
     with _warnings_to_stderr():
-        report = _scenes_report(root, args.kind, args.resize, args.clip_fraction)
+        report = _scenes_report(root, args.kind, args.resize, clip_fraction)
     if args.json:
         print(json.dumps(report, indent=1))
     else:
@@ -196,8 +202,6 @@ def _add(sub: Any, name: str, help_: str, func: Callable[[argparse.Namespace], i
 
 def register(subparsers: Any) -> None:
     """Add ``crmef data`` and its sub-commands."""
-    from crmef.data.exposure import DEFAULT_CLIP_FRACTION
-
     parser = subparsers.add_parser("data", help="inspect datasets, synthesise brackets, regenerate splits")
     sub = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     parser.set_defaults(func=lambda _args: (parser.print_help(), 2)[1])
@@ -208,8 +212,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--kind", default="auto", choices=["auto", "brackets", "sice", "paired", "hdr_synth"],
                    help="force the layout (default: detect)")
     p.add_argument("--resize", action="store_true", help="resize frames of different sizes to the largest common size")
-    p.add_argument("--clip-fraction", type=float, default=DEFAULT_CLIP_FRACTION,
-                   help="drop frames with at least this fraction of nearly black/white pixels (default %(default)s)")
+    # default None = crmef.data.exposure.DEFAULT_CLIP_FRACTION, resolved in run_inspect (that module
+    # imports OpenCV); the help repeats its value (tests/test_cli_lazy.py keeps the two equal)
+    p.add_argument("--clip-fraction", type=float, default=None,
+                   help=f"drop frames with at least this fraction of nearly black/white pixels (default {CLIP_FRACTION_HELP})")
 
     p = _add(sub, "synth", "synthesise (under, over, reference) triples from HDR radiance", run_synth)
     p.add_argument("--hdr", required=True, help="folder of .exr/.hdr linear radiance maps")

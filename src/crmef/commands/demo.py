@@ -14,25 +14,32 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from crmef.errors import InputError
-from crmef.imageio import write_image
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def srgb_to_linear(x: np.ndarray) -> np.ndarray:
     """Inverse sRGB transfer curve, elementwise on [0, 1]."""
+    import numpy as np
+
     return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
 
 
 def linear_to_srgb(x: np.ndarray) -> np.ndarray:
     """sRGB transfer curve, elementwise on [0, 1]."""
+    import numpy as np
+
     return np.where(x <= 0.0031308, 12.92 * x, 1.055 * np.power(np.maximum(x, 0.0031308), 1 / 2.4) - 0.055)
 
 
 def make_bracket(rgb: np.ndarray, stops: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
     """(H, W, 3) sRGB float in [0, 1] -> (under, over) at -/+ ``stops`` EV, 8-bit quantised."""
+    import numpy as np
+
     lin = srgb_to_linear(rgb.astype(np.float64))
     frames = []
     for ev in (-stops, stops):
@@ -53,8 +60,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``crmef demo``."""
+    import numpy as np
     from skimage import data
 
+    from crmef.imageio import write_image
     from crmef.inference import fuse
 
     photo = data.astronaut().astype(np.float32) / 255.0

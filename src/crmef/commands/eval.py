@@ -1,7 +1,8 @@
 """``crmef eval``: fuse a dataset split with several methods and tabulate their scores.
 
-    crmef eval --data DIR --methods mertens,flow_mertens,mean[,model:NAME_OR_PATH][,folder:DIR]
+    crmef eval --data DIR --methods mertens,flow_mertens,mean[,enfuse][,model:NAME_OR_PATH][,folder:DIR]
                [--split test] [--report OUT]
+    crmef eval --data DIR --frames all --methods mertens_all,enfuse_all[,model:NAME_OR_PATH]
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="evaluate fusion methods on a dataset split (tables, optional HTML report)",
         description=(
             "Fuse every sample of a dataset split with each method and score it: PSNR/SSIM/LPIPS/FSIM "
-            "against the reference where there is one, and MEF-SSIM against the sources. Prints a "
+            "against the reference where there is one, MEF-SSIM and the chroma hull distance (colour "
+            "outside the sources' chromaticities, lower is better) against the sources. Prints a "
             "Markdown table (mean ± std, seconds per image, params and GFLOPs for models) and writes "
             "table.md, table.csv and per_image.csv; --report adds index.html with signal-map figures. "
             "Fused images are cached, so a second run only scores."
@@ -26,10 +28,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", type=Path, required=True, help="dataset folder (brackets, SICE, paired, HDR maps)")
     parser.add_argument("--kind", default="auto", help="data source kind (auto, brackets, sice, paired, hdr_synth)")
     parser.add_argument("--methods", default="mertens,flow_mertens,mean",
-                        help="comma-separated: mertens, flow_mertens, mean, model:NAME_OR_PATH, folder:DIR")
+                        help="comma-separated: mertens, flow_mertens, mean, enfuse (needs the Debian package "
+                             "enfuse), N-frame mertens_all, enfuse_all, model:NAME_OR_PATH, folder:DIR")
+    parser.add_argument("--frames", default="pair", choices=("pair", "all"),
+                        help="pair: the darkest and brightest usable frames of each bracket (default); all: every "
+                             "usable frame, MEF-SSIM and chroma hull against all of them, N-frame methods "
+                             "(mertens_all, enfuse_all, model:) fuse all of them, pair methods the two extremes")
     parser.add_argument("--split", default="test", help="train, val, test or all (default: test)")
     parser.add_argument("--metrics", default="auto",
-                        help="comma-separated metrics, or auto: psnr,ssim,lpips,fsim,mef_ssim "
+                        help="comma-separated metrics, or auto: psnr,ssim,lpips,fsim,mef_ssim,chroma_hull "
                              "(reference metrics only where samples have a reference)")
     parser.add_argument("--report", type=Path, default=None, metavar="OUT",
                         help="write tables, index.html and figures/*.png into OUT (fused cache in OUT/cache)")
@@ -51,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     from crmef.errors import InputError
     from crmef.evaluation import (
         ALL_METRIC_NAMES,
+        NO_REFERENCE_METRIC_NAMES,
         data_key,
         evaluate,
         load_samples,
@@ -67,15 +75,19 @@ def run(args: argparse.Namespace) -> int:
     metrics = list(ALL_METRIC_NAMES) if args.metrics == "auto" else parse_metrics(args.metrics)
     methods = parse_methods(args.methods, device=args.device)
     samples, kind = load_samples(args.data, args.split, args.kind, args.samples, args.seed, args.limit,
-                                  misalign=args.misalign)
+                                  misalign=args.misalign, frames=args.frames)
     if not samples:
         raise InputError(f"--data {args.data}: no samples in split {args.split!r}")
     if all(s.ref is None for s in samples):
-        metrics = [m for m in metrics if m == "mef_ssim"] or ["mef_ssim"]
+        metrics = [m for m in metrics if m in NO_REFERENCE_METRIC_NAMES] or list(NO_REFERENCE_METRIC_NAMES)
     out = args.report or args.out or data_dir() / "eval"
-    key = data_key(args.data, kind, args.split, args.seed, args.samples, args.misalign)
+    key = data_key(args.data, kind, args.split, args.seed, args.samples, args.misalign, args.frames)
     result = evaluate(samples, methods, metrics, Path(out), key, progress=not args.no_progress)
-    title = (f"crmef eval: {args.data} ({kind}{', misaligned' if args.misalign else ''}, split {args.split}, "
+    frames = ""
+    if args.frames == "all":
+        counts = sorted({len(s.sources) for s in samples})
+        frames = f", all frames ({counts[0]}-{counts[-1]} per scene)" if len(counts) > 1 else f", all {counts[0]} frames"
+    title = (f"crmef eval: {args.data} ({kind}{', misaligned' if args.misalign else ''}{frames}, split {args.split}, "
              f"{len(samples)} images)")
     paths = write_tables(result, Path(out), header=f"# {title}")
     print(title)

@@ -17,10 +17,7 @@ import argparse
 import warnings
 from pathlib import Path
 
-import torch
-
 from crmef.errors import InputError
-from crmef.utils import atomic_path
 
 
 def export_onnx(net, path: str | Path, opset: int = 19) -> Path:
@@ -29,6 +26,10 @@ def export_onnx(net, path: str | Path, opset: int = 19) -> Path:
     Raises:
         InputError: the model contains deformable convolutions (not exportable).
     """
+    import torch
+
+    from crmef.utils import atomic_path
+
     if net.dasm is not None:
         raise InputError(
             "ONNX export of the aligned model is not supported: torchvision.ops.deform_conv2d has no "

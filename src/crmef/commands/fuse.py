@@ -10,13 +10,62 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from crmef.errors import CrmefError, InputError
-from crmef.imageio import IMAGE_SUFFIXES, LoadedImage, is_image_file, load_image, quiet_decoders, write_image
+
+if TYPE_CHECKING:
+    from crmef.imageio import LoadedImage
+
+
+# crmef.imageio imports OpenCV, numpy and Pillow: its names are bound lazily here so that
+# registering the command (``crmef fuse --help``) imports none of them; they behave as the
+# crmef.imageio ones (the module is imported on first use).
+def _imageio_function(name: str) -> Any:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return getattr(importlib.import_module("crmef.imageio"), name)(*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = name
+    call.__doc__ = f"``crmef.imageio.{name}``, imported on first call."
+    return call
+
+
+class _ImageioConstant:
+    """A read-only sequence constant of ``crmef.imageio``, imported on first use."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def _value(self) -> Any:
+        return getattr(importlib.import_module("crmef.imageio"), self._name)
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._value()
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._value())
+
+    def __len__(self) -> int:
+        return len(self._value())
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._value()[index]
+
+    def __repr__(self) -> str:
+        return repr(self._value())
+
+
+IMAGE_SUFFIXES = _ImageioConstant("IMAGE_SUFFIXES")
+is_image_file = _imageio_function("is_image_file")
+load_image = _imageio_function("load_image")
+write_image = _imageio_function("write_image")
+quiet_decoders = _imageio_function("quiet_decoders")
 
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "M": 1 << 20, "MB": 1 << 20, "G": 1 << 30, "GB": 1 << 30}
 

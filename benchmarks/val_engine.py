@@ -1,0 +1,46 @@
+"""Validation of engine candidates (model selection; never the test split).
+
+    .venv/bin/python benchmarks/val_engine.py CARD.json [CARD.json ...] --out runs/val_engine
+
+Sets (validation split of ../shared/data): sequences with every frame (N-frame MEF-SSIM and
+chroma_hull against all frames), sequences' extremes (PSNR against the full-bracket Mertens
+reference, MEF-SSIM, chroma_hull) and 8 synthetic pairs of the validation HDR map (PSNR, LPIPS,
+chroma_hull); Mertens, Mertens-all and enfuse beside the candidates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("cards", nargs="+", help="engine model cards (or shipped names)")
+    p.add_argument("--out", type=Path, default=Path("runs/val_engine"))
+    p.add_argument("--sets", default="all,pairs,hdr")
+    args = p.parse_args()
+    from crmef.evaluation import data_key, evaluate, load_samples, markdown_table, parse_methods
+
+    models = ",".join(f"model:{c}" for c in args.cards)
+    sets = {
+        "all": (SHARED / "sequences", "mertens_all,enfuse_all," + models, ["mef_ssim", "chroma_hull"], "all", None),
+        "pairs": (SHARED / "sequences", "mertens,enfuse," + models, ["psnr", "mef_ssim", "chroma_hull"], "pair", None),
+        "hdr": (SHARED / "hdr", "mertens,enfuse," + models, ["psnr", "lpips", "chroma_hull"], "pair", 8),
+    }
+    for name in args.sets.split(","):
+        data, methods, metrics, frames, n = sets[name]
+        samples, kind = load_samples(data, "val", "auto", n, 0, None, frames=frames)
+        key = data_key(data, kind, "val", 0, n, False, frames)
+        result = evaluate(samples, parse_methods(methods), metrics, args.out / name, key, progress=False)
+        print(f"\n## val {name} ({len(samples)})")
+        print(markdown_table(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,417 @@
+"""The default fusion engine: N frames in, one image out, colour from the sources by construction.
+
+This module is what ``crmef fuse`` runs. It imports numpy and OpenCV only (and onnxruntime for
+the network), never torch: a whole ``crmef fuse`` costs what the fusion costs, not PyTorch's
+2–3 s import. :mod:`crmef.nets.exposure` holds the same computation in torch for training; a
+test keeps the two equal.
+
+How one output pixel is made (``frames`` sorted dark to bright, RGB in [0, 1]):
+
+1. **Work resolution.** Every frame is reduced to ``work_size`` pixels on its long side (area
+   average). The exposure network (:class:`crmef.nets.exposure.ExposureNet`, exported to ONNX)
+   sees the N reduced frames at once (shared weights per frame, a cross-frame mean for context)
+   and returns, per frame, a logit map added to the well-exposedness prior
+   ``-(g - 0.5)² / (2σ²)`` of its grey ``g``, and one log2-gain map. Cost: constant in the image
+   size, linear in N.
+2. **Weights.** ``softmax`` over the frames, a Gaussian blur (``smooth`` px at work resolution),
+   bilinear up-sampling to full resolution: the smooth per-frame weights ``s_i`` (the tone
+   decision). The pyramid weights are ``s_i · (|∇²g_i| + ε)^c``, normalised over the frames
+   (Mertens's contrast measure, so fine structure comes from the frame that holds it).
+3. **Structure.** A Laplacian-pyramid blend of the frames' grey images (MATLAB ``rgb2gray``, as
+   MEF-SSIM sees them) with those weights: the output's grey ``Y``.
+4. **Colour.** A linear-light mix of the sources with the smooth weights, ``M = Σ s_i lin(I_i)``,
+   scaled per pixel to the target luminance: ``out = M · 2^gain · lin(Y) / ⟨w, M⟩``. Every output
+   pixel is a positive multiple of a positive mix of its sources in linear light, so its
+   chromaticity lies in the convex hull of theirs: the engine cannot invent colour. A pixel
+   whose largest channel would pass 1 is scaled down as a whole (its hue kept).
+
+The arrays are float32 throughout; a 12 MP pair needs about 1 GB.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from crmef.errors import InputError
+
+GRAY = np.array([0.2989, 0.5870, 0.1140], np.float32)
+"""MATLAB ``rgb2gray`` weights (R, G, B): the grey MEF-SSIM and the blend use."""
+USABLE_CLIP = 0.95
+"""A frame whose pixels are this fraction (or more) below 2/255 or above 253/255 is skipped."""
+MIN_SIDE = 16
+"""Shortest image side (pixels) the engine accepts."""
+
+
+@dataclass(frozen=True)
+class BlendConfig:
+    """The engine's fixed (not learned) settings; a model card stores them beside the weights.
+
+    Attributes:
+        work_size: long side (px) of the reduced frames the exposure network sees.
+        sigma: width of the well-exposedness prior on grey in [0, 1].
+        smooth: Gaussian blur (px at work resolution) of the per-frame weights.
+        contrast: exponent ``c`` of the contrast term in the pyramid weights.
+        max_gain: bound (stops) of the network's log2-gain.
+        levels_top: the pyramid stops when its coarsest level's short side is at most this.
+    """
+
+    work_size: int = 256
+    sigma: float = 0.15
+    smooth: float = 2.0
+    contrast: float = 2.0
+    max_gain: float = 1.0
+    levels_top: int = 8
+
+    def to_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+def pyramid_levels(h: int, w: int, top: int) -> int:
+    """Number of pyramid reductions so that the coarsest short side is ≤ ``top`` (at least 1)."""
+    return max(1, math.ceil(math.log2(max(min(h, w), 2) / top)))
+
+
+def work_shape(h: int, w: int, work_size: int) -> tuple[int, int]:
+    """(h, w) of the reduced frames: long side ``work_size`` (never larger than the input), even."""
+    s = min(1.0, work_size / max(h, w))
+    return max(8, 2 * round(h * s / 2)), max(8, 2 * round(w * s / 2))
+
+
+# ------------------------------------------------------------------------------- colour
+
+_TO_LIN = np.where(
+    (t := np.arange(65536, dtype=np.float64) / 65535) <= 0.04045, t / 12.92, ((t + 0.055) / 1.055) ** 2.4
+).astype(np.float32)
+_TO_LIN_8 = _TO_LIN[np.arange(256) * 257]
+_SQ = (np.arange(65536, dtype=np.float64) / 65535) ** 2
+_TO_SRGB = np.where(_SQ <= 0.0031308, 12.92 * _SQ, 1.055 * _SQ ** (1 / 2.4) - 0.055).astype(np.float32)
+
+
+def srgb_to_linear(x: np.ndarray) -> np.ndarray:
+    """IEC 61966-2-1 decoding of sRGB values in [0, 1] (16-bit look-up table), float32, same shape.
+
+    Values that are exact multiples of 1/255 (8-bit sources) take OpenCV's 8-bit table look-up
+    (a tenth of the time); others the 16-bit table, exact to 1/65535 of the input.
+    """
+    q8 = cv2.convertScaleAbs(x, alpha=255.0)  # rounds and saturates to uint8
+    rows = slice(None, None, max(1, x.shape[0] // 64))  # a sample of rows decides
+    if np.array_equal(q8[rows], x[rows] * 255.0):
+        return cv2.LUT(q8, _TO_LIN_8)
+    q = (np.clip(x, 0.0, 1.0) * 65535.0 + 0.5).astype(np.uint16)
+    return _TO_LIN[q]
+
+
+def linear_to_srgb(x: np.ndarray) -> np.ndarray:
+    """sRGB encoding of linear values in [0, 1] (look-up on √x, exact to 1e-4 over the range)."""
+    r = cv2.sqrt(np.clip(x, 0.0, 1.0, dtype=np.float32))
+    r *= 65535.0
+    r += 0.5
+    return _TO_SRGB[r.astype(np.uint16)]
+
+
+def gray(img: np.ndarray) -> np.ndarray:
+    """MATLAB ``rgb2gray`` of (H, W, 3) RGB float32 -> (H, W) float32 (no rounding)."""
+    if img.ndim == 2:
+        return img
+    out = cv2.transform(np.ascontiguousarray(img, dtype=np.float32), GRAY[None, :])
+    return out if out.ndim == 2 else out[..., 0]
+
+
+# ------------------------------------------------------------------------------- frames
+
+
+def usable_frames(frames: Sequence[np.ndarray], clip_fraction: float = USABLE_CLIP) -> list[int]:
+    """Indices of the frames that are not nearly all black or all white (order kept).
+
+    Args:
+        frames: (H, W, 3) float32 RGB in [0, 1].
+        clip_fraction: a frame with at least this fraction of its grey below 2/255 (or above
+            253/255) holds nothing the others lack.
+
+    Returns:
+        The indices kept. When fewer than two frames are usable, the darkest and brightest
+        frames' indices (by mean grey) are returned, so any bracket still fuses.
+    """
+    keep, means = [], []
+    for i, f in enumerate(frames):
+        small = cv2.resize(f, (64, 64), interpolation=cv2.INTER_AREA) if min(f.shape[:2]) > 64 else f
+        g = gray(small)
+        means.append(float(g.mean()))
+        if (g < 2 / 255).mean() < clip_fraction and (g > 253 / 255).mean() < clip_fraction:
+            keep.append(i)
+    if len(keep) >= 2:
+        return keep
+    order = sorted(range(len(frames)), key=lambda i: means[i])
+    return sorted({order[0], order[-1]})
+
+
+# ------------------------------------------------------------------------------- the blend
+
+
+def _reduce(frames: Sequence[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
+    """(N, 3, h, w) float32 stack of the frames reduced by area averaging."""
+    h, w = shape
+    return np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA).transpose(2, 0, 1) for f in frames])
+
+
+def prior_logits(small: np.ndarray, sigma: float) -> np.ndarray:
+    """Well-exposedness logits ``-(g - 0.5)² / (2σ²)`` of (N, 3, h, w) frames -> (N, h, w)."""
+    g = np.tensordot(GRAY, small, axes=([0], [1]))  # (N, h, w)
+    return -((g - 0.5) ** 2) / (2 * sigma**2)
+
+
+def smooth_weights(logits: np.ndarray, smooth: float) -> np.ndarray:
+    """Softmax over frames of (N, h, w) logits, each map blurred by a Gaussian of ``smooth`` px."""
+    z = logits - logits.max(0, keepdims=True)
+    e = np.exp(z)
+    e /= e.sum(0, keepdims=True)
+    if smooth > 0:
+        e = np.stack([cv2.GaussianBlur(m, (0, 0), smooth, borderType=cv2.BORDER_REFLECT_101) for m in e])
+    return e.astype(np.float32)
+
+
+def blend(frames: Sequence[np.ndarray], logits: np.ndarray, log_gain: np.ndarray, cfg: BlendConfig) -> np.ndarray:
+    """Fuse full-resolution frames with work-resolution logits and gain (steps 2–4 above).
+
+    Args:
+        frames: N float32 (H, W, 3) RGB in [0, 1], same size.
+        logits: (N, h, w) float32 per-frame logits at work resolution (prior included).
+        log_gain: (h, w) float32 log2-gain at work resolution (already bounded).
+        cfg: the blend settings.
+
+    Returns:
+        float32 (H, W, 3) RGB in [0, 1].
+    """
+    h_full, w_full = frames[0].shape[:2]
+    size = (w_full, h_full)
+    sw_small = smooth_weights(logits, cfg.smooth)
+    n_lev = pyramid_levels(h_full, w_full, cfg.levels_top)
+    # Pyramid weights: smooth weight x contrast^c, normalised over frames.
+    greys, pw = [], []
+    for f, s in zip(frames, sw_small):
+        g = gray(f)
+        greys.append(g)
+        con = np.abs(cv2.Laplacian(g, cv2.CV_32F, ksize=1))
+        con += 1e-3
+        if cfg.contrast != 1:
+            con = cv2.pow(con, cfg.contrast)
+        pw.append(cv2.multiply(con, cv2.resize(s, size, interpolation=cv2.INTER_LINEAR)))
+    total = pw[0].copy()
+    for p in pw[1:]:
+        total += p
+    total += 1e-12
+    out_pyr: list[np.ndarray] | None = None
+    for g, p in zip(greys, pw):
+        p /= total
+        gw = [p]
+        lap = []
+        cur = g
+        for _ in range(n_lev):
+            down = cv2.pyrDown(cur)
+            lap.append(cur - cv2.pyrUp(down, dstsize=cur.shape[1::-1]))
+            cur = down
+            gw.append(cv2.pyrDown(gw[-1]))
+        lap.append(cur)
+        terms = [a * b for a, b in zip(lap, gw)]
+        out_pyr = terms if out_pyr is None else [a + b for a, b in zip(out_pyr, terms)]
+    del greys, pw, total
+    assert out_pyr is not None
+    y = out_pyr[-1]
+    for k in range(n_lev - 1, -1, -1):
+        y = cv2.pyrUp(y, dstsize=out_pyr[k].shape[1::-1]) + out_pyr[k]
+    del out_pyr
+    # Colour: linear-light mix with the smooth weights, scaled to the target luminance. Every
+    # step below is one pass over the image; 3-channel temporaries are made in place.
+    mix = np.zeros((h_full, w_full, 3), np.float32)
+    for f, s in zip(frames, sw_small):
+        term = srgb_to_linear(f)
+        np.multiply(term, cv2.resize(s, size, interpolation=cv2.INTER_LINEAR)[..., None], out=term)
+        mix += term
+        del term
+    target = srgb_to_linear(np.clip(y, 0.0, 1.0, out=y))
+    target *= cv2.resize(np.exp2(log_gain).astype(np.float32), size, interpolation=cv2.INTER_LINEAR)
+    # Scale per pixel: target / grey(mix), capped so the largest channel stays <= 1 (hue kept).
+    scale = target / np.maximum(gray(mix), 1e-6)
+    peak = cv2.reduce(mix.reshape(-1, 3), 1, cv2.REDUCE_MAX).reshape(h_full, w_full)
+    np.minimum(scale, 1.0 / np.maximum(peak, 1e-6), out=scale)
+    np.multiply(mix, scale[..., None], out=mix)
+    return linear_to_srgb(mix)
+
+
+# ------------------------------------------------------------------------------- alignment
+
+
+def _match_gray(moving: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """uint8 grey of ``moving`` with its histogram matched to uint8 grey ``target``."""
+    hm = np.bincount(moving.ravel(), minlength=256).cumsum() / moving.size
+    ht = np.bincount(target.ravel(), minlength=256).cumsum() / target.size
+    lut = np.clip(np.searchsorted(ht, hm), 0, 255).astype(np.uint8)
+    return cv2.LUT(moving, lut)
+
+
+def align_frames(frames: Sequence[np.ndarray], ref: int, max_side: int = 1600) -> list[np.ndarray]:
+    """Warp every frame onto frame ``ref`` (hand-held brackets), once, on the whole image.
+
+    DIS optical flow (OpenCV, preset medium) between histogram-matched grey images, computed at
+    most ``max_side`` px on the long side and scaled up, then a bilinear warp at full resolution
+    (borders replicated).
+
+    Args:
+        frames: N float32 (H, W, 3) RGB in [0, 1], same size.
+        ref: index of the frame every other frame is aligned to (its pixel grid is kept).
+        max_side: long side of the flow computation.
+
+    Returns:
+        The N frames on ``ref``'s grid (``frames[ref]`` itself unchanged).
+    """
+    h, w = frames[0].shape[:2]
+    s = min(1.0, max_side / max(h, w))
+    small = (max(8, round(w * s)), max(8, round(h * s)))
+
+    def grey8(f: np.ndarray) -> np.ndarray:
+        g = cv2.resize(gray(f), small, interpolation=cv2.INTER_AREA) if s < 1 else gray(f)
+        return cv2.convertScaleAbs(g, alpha=255.0)
+
+    target = grey8(frames[ref])
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    out = []
+    for i, f in enumerate(frames):
+        if i == ref:
+            out.append(f)
+            continue
+        flow = dis.calc(target, _match_gray(grey8(f), target), None)
+        if s < 1:
+            flow = cv2.resize(flow, (w, h), interpolation=cv2.INTER_LINEAR) / s
+        out.append(cv2.remap(f, gx + flow[..., 0], gy + flow[..., 1], cv2.INTER_LINEAR,
+                             borderMode=cv2.BORDER_REPLICATE))
+    return out
+
+
+# ------------------------------------------------------------------------------- the model
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+ENGINE_MODELS = ("general", "aligned")
+"""Shipped engine models: ``weights/<name>.json`` cards naming one ONNX network."""
+
+
+class ExposureModel:
+    """A shipped exposure network (ONNX) with its blend settings: ``model(frames) -> fused``.
+
+    Args:
+        onnx_path: the exported :class:`~crmef.nets.exposure.ExposureNet` (``crmef export``).
+        cfg: the blend settings from the model card.
+        threads: intra-op threads of onnxruntime (default: all cores).
+    """
+
+    def __init__(self, onnx_path: str | os.PathLike[str], cfg: BlendConfig, prealign: bool = False,
+                 threads: int | None = None, name: str = "") -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if threads:
+            opts.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+        self.cfg, self.prealign, self.name = cfg, prealign, name
+        self.path = Path(onnx_path)
+
+    @classmethod
+    def from_card(cls, card_path: str | os.PathLike[str]) -> ExposureModel:
+        """Load from a model card (JSON) that names its ONNX file and blend settings."""
+        card_path = Path(card_path)
+        try:
+            card = json.loads(card_path.read_text())
+            return cls(card_path.with_name(card["onnx"]), BlendConfig(**card["blend"]),
+                       prealign=card.get("prealign") == "flow", name=card.get("name", card_path.stem))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise InputError(f"{card_path}: not a crmef engine model card ({exc})") from None
+
+    def maps(self, frames: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Work-resolution (logits (N, h, w), log2-gain (h, w)) of frames sorted dark to bright."""
+        h, w = frames[0].shape[:2]
+        small = _reduce(frames, work_shape(h, w, self.cfg.work_size))
+        logits, gain = self.session.run(None, {"frames": small})
+        return logits[:, 0] + prior_logits(small, self.cfg.sigma), gain[0, 0]
+
+    def __call__(self, frames: Sequence[np.ndarray]) -> np.ndarray:
+        """Fuse N ≥ 2 float32 (H, W, 3) frames of one scene (any order) into one image."""
+        if len(frames) < 2:
+            raise InputError(f"need at least two frames, got {len(frames)}")
+        h, w = frames[0].shape[:2]
+        if min(h, w) < MIN_SIDE:
+            raise InputError(f"frames of {w}x{h} are too small: the shortest side must be at least {MIN_SIDE} px")
+        order = sorted(range(len(frames)), key=lambda i: float(gray(cv2.resize(frames[i], (32, 32),
+                                                                            interpolation=cv2.INTER_AREA)).mean()))
+        ordered = [frames[i] for i in order]
+        if self.prealign:
+            ordered = align_frames(ordered, len(ordered) // 2)
+        logits, gain = self.maps(ordered)
+        return blend(ordered, logits, gain, self.cfg)
+
+
+def check_sizes(frames: Sequence[np.ndarray], names: Sequence[str], resize: bool = False) -> list[np.ndarray]:
+    """Frames of one size (the first frame's): an error naming the odd file, or with ``resize``
+    the others resampled (area when shrinking, bilinear when growing).
+
+    Raises:
+        InputError: sizes differ and ``resize`` is false.
+    """
+    h, w = frames[0].shape[:2]
+    out = [frames[0]]
+    for f, name in zip(frames[1:], names[1:]):
+        if f.shape[:2] == (h, w):
+            out.append(f)
+        elif resize:
+            inter = cv2.INTER_AREA if f.shape[0] > h else cv2.INTER_LINEAR
+            out.append(cv2.resize(f, (w, h), interpolation=inter))
+        else:
+            raise InputError(f"{name}: {f.shape[1]}x{f.shape[0]} pixels, but {names[0]} is {w}x{h}; frames of "
+                             "one bracket must have the same size (--resize resamples them)")
+    return out
+
+
+def select_frames(frames: Sequence[np.ndarray], extremes: bool = False) -> tuple[list[int], list[int]]:
+    """Which frames to fuse: ``(used, skipped)`` indices into ``frames`` (used: dark to bright).
+
+    Every usable frame (:func:`usable_frames`), or with ``extremes`` only the darkest and
+    brightest of them; ``skipped`` are the nearly all-black or all-white frames left out.
+    """
+    means = [float(gray(cv2.resize(f, (32, 32), interpolation=cv2.INTER_AREA)).mean()) for f in frames]
+    keep = usable_frames(frames)
+    keep.sort(key=lambda i: means[i])
+    skipped = sorted(set(range(len(frames))) - set(keep))
+    if extremes and len(keep) > 2:
+        keep = [keep[0], keep[-1]]
+    return keep, skipped
+
+
+def engine_card(model: str | os.PathLike[str]) -> Path | None:
+    """The engine card a ``--model`` value names (a shipped name or a ``.json`` path), else None."""
+    text = str(model)
+    if text in ENGINE_MODELS:
+        return WEIGHTS_DIR / f"{text}.json"
+    p = Path(text)
+    if p.suffix == ".json" and p.is_file():
+        try:
+            if "onnx" in json.loads(p.read_text()):
+                return p
+        except (OSError, ValueError):
+            return None
+    return None
+
+
+def load_engine(model: str | os.PathLike[str] = "general") -> ExposureModel:
+    """An engine model by shipped name (``general``, ``aligned``) or card path."""
+    card = engine_card(model)
+    if card is None:
+        raise InputError(f"unknown engine model {model!r}; use one of {', '.join(ENGINE_MODELS)} or a card .json")
+    return ExposureModel.from_card(card)

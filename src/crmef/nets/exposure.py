@@ -1,0 +1,239 @@
+"""The exposure network and the engine's blend in torch (for search and training).
+
+:class:`ExposureNet` is the scene-relighting idea of the paper's SRSM applied to N frames at
+once: every frame passes the same searchable sub-network (shared weights, so any N and any
+order work), a cross-frame mean gives each frame the context of the others, and the head
+returns per frame a logit map (how much this frame should make the output here) and one
+log2-gain map for the scene (tone). It runs at the engine's work resolution (256 px on the
+long side), so its cost does not grow with the photo's size.
+
+    x_i (3, h, w) → conv3×3 → slot 0 (C→C)                          f_i     h × w
+    [maxpool f_i ‖ avgpool mean_j f_j] → slot 1 (2C→C)                 q_i     h/2 × w/2
+    q_i + slot 2(q_i) + 1×1(global mean of q over frames and space)      q_i
+    bilinear ×2 → conv3×3 (C→2) → (logit_i, gain_i)
+    gain = bound · tanh(Σ_i softmax_i(logit) · gain_i)
+
+The slots are :class:`crmef.space.Choice` modules (kind ``srsm``): one definition serves the
+super-net of the hardware-aware search and the derived network.
+
+:func:`blend_torch` is :func:`crmef.engine.blend` written with torch operations (differentiable),
+used to train the network end to end through the blend; ``tests/test_engine.py`` keeps the two
+equal.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from crmef.engine import GRAY, BlendConfig, pyramid_levels
+from crmef.space import Choice
+
+EXPOSURE_SLOTS = 3
+"""Searchable ops of the exposure network."""
+
+
+class ExposureNet(nn.Module):
+    """Per-frame logits and a scene log2-gain from N reduced frames.
+
+    Args:
+        channels: feature width C.
+        slot_ops: for each of the 3 slots, the candidate op names (one name once derived).
+        max_gain: bound of the log2-gain in stops.
+
+    Shapes: ``forward(x (N, 3, h, w)) -> (logits (N, 1, h, w), gain (1, 1, h, w))`` with h, w
+    even; the frames in any order, RGB in [0, 1].
+    """
+
+    def __init__(self, channels: int, slot_ops: Sequence[Sequence[str]], max_gain: float = 1.0) -> None:
+        super().__init__()
+        if len(slot_ops) != EXPOSURE_SLOTS:
+            raise ValueError(f"ExposureNet needs {EXPOSURE_SLOTS} slots, got {len(slot_ops)}")
+        c = channels
+        self.channels, self.max_gain = c, float(max_gain)
+        self.head = nn.Conv2d(3, c, 3, padding=1)
+        self.slot0 = Choice("srsm", slot_ops[0], c, c, scale=1)
+        self.slot1 = Choice("srsm", slot_ops[1], 2 * c, c, scale=2)
+        self.slot2 = Choice("srsm", slot_ops[2], c, c, scale=2)
+        self.context = nn.Conv2d(c, c, 1)
+        self.tail = nn.Conv2d(c, 2, 3, padding=1)
+        nn.init.zeros_(self.tail.weight)  # starts as the classical prior: zero logits, no gain
+        nn.init.zeros_(self.tail.bias)
+
+    @classmethod
+    def from_ops(cls, ops: Sequence[str], channels: int, max_gain: float = 1.0) -> ExposureNet:
+        """The derived network of a genotype (one op name per slot)."""
+        return cls(channels, [[o] for o in ops], max_gain)
+
+    def genotype(self) -> list[str]:
+        """The op of each slot (argmax α while searching)."""
+        return [s.chosen() for s in (self.slot0, self.slot1, self.slot2)]
+
+    def choices(self) -> list[tuple[str, Choice]]:
+        """``(name, slot)`` of the three searchable slots (for the latency table)."""
+        return [("slot0", self.slot0), ("slot1", self.slot1), ("slot2", self.slot2)]
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        """The α of every searching slot."""
+        return [s.alpha for s in (self.slot0, self.slot1, self.slot2) if s.alpha is not None]
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        """Every parameter that is not an α."""
+        arch = {id(p) for p in self.arch_parameters()}
+        return [p for p in self.parameters() if id(p) not in arch]
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        f = self.slot0(self.head(x))
+        mean = f.mean(dim=0, keepdim=True).expand_as(f)
+        q = self.slot1(torch.cat([F.max_pool2d(f, 2), F.avg_pool2d(mean, 2)], dim=1))
+        q = q + self.slot2(q)
+        q = q + self.context(q.mean(dim=(0, 2, 3), keepdim=True))
+        q = F.interpolate(q, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        out = self.tail(q)
+        logits, g = out[:, :1], out[:, 1:]
+        w = torch.softmax(logits, dim=0)
+        gain = self.max_gain * torch.tanh((w * g).sum(dim=0, keepdim=True))
+        return logits, gain
+
+
+# ------------------------------------------------------------------------------- blend (torch)
+
+_K5 = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0]) / 16.0
+
+
+def _sep(x: Tensor, k: Tensor) -> Tensor:
+    """Separable 5-tap filter of (B, 1, H, W) with reflect-101 borders (OpenCV's default)."""
+    x = F.pad(x, (2, 2, 2, 2), mode="reflect")
+    x = F.conv2d(x, k.view(1, 1, 1, 5).to(x))
+    return F.conv2d(x, k.view(1, 1, 5, 1).to(x))
+
+
+def pyr_down(x: Tensor) -> Tensor:
+    """``cv2.pyrDown`` of (B, 1, H, W): 5-tap Gaussian, then every second pixel."""
+    return _sep(x, _K5)[..., ::2, ::2]
+
+
+def pyr_up(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """``cv2.pyrUp`` of (B, 1, h, w) to ``size``: zeros inserted, 5-tap Gaussian × 4."""
+    b, c, h, w = x.shape
+    up = x.new_zeros(b, c, 2 * h, 2 * w)
+    up[..., ::2, ::2] = x
+    up = up[..., : size[0], : size[1]]
+    return _sep(up, _K5) * 4.0
+
+
+def gaussian_blur(x: Tensor, sigma: float) -> Tensor:
+    """Gaussian blur of (B, 1, H, W) as ``cv2.GaussianBlur(ksize=0, sigma)`` (reflect-101)."""
+    if sigma <= 0:
+        return x
+    r = max(1, int(round(sigma * 4)))  # OpenCV's kernel for float32: 2*round(4σ)+1 taps
+    t = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-(t**2) / (2 * sigma**2))
+    k = k / k.sum()
+    x = F.pad(x, (r, r, r, r), mode="reflect")
+    x = F.conv2d(x, k.view(1, 1, 1, -1))
+    return F.conv2d(x, k.view(1, 1, -1, 1))
+
+
+def srgb_to_linear_t(x: Tensor) -> Tensor:
+    """IEC 61966-2-1 decoding (differentiable)."""
+    x = x.clamp(0, 1)
+    return torch.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055).clamp(min=1e-8) ** 2.4)
+
+
+def linear_to_srgb_t(x: Tensor) -> Tensor:
+    """IEC 61966-2-1 encoding (differentiable)."""
+    x = x.clamp(0, 1)
+    return torch.where(x <= 0.0031308, 12.92 * x, 1.055 * x.clamp(min=1e-8) ** (1 / 2.4) - 0.055)
+
+
+def gray_t(x: Tensor) -> Tensor:
+    """MATLAB ``rgb2gray`` of (B, 3, H, W) -> (B, 1, H, W)."""
+    return (x * torch.as_tensor(GRAY, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
+
+
+def prior_logits_t(small: Tensor, sigma: float) -> Tensor:
+    """Well-exposedness logits of (N, 3, h, w) reduced frames -> (N, 1, h, w)."""
+    return -((gray_t(small) - 0.5) ** 2) / (2 * sigma**2)
+
+
+def reduce_frames(frames: Tensor, shape: tuple[int, int]) -> Tensor:
+    """(N, 3, H, W) -> (N, 3, h, w) by area averaging (``cv2.INTER_AREA`` for integer factors)."""
+    return F.interpolate(frames, size=shape, mode="area")
+
+
+def blend_torch(frames: Tensor, logits: Tensor, log_gain: Tensor, cfg: BlendConfig) -> Tensor:
+    """:func:`crmef.engine.blend` in torch.
+
+    Args:
+        frames: (N, 3, H, W) RGB in [0, 1], sorted dark to bright.
+        logits: (N, 1, h, w) logits at work resolution (prior included).
+        log_gain: (1, 1, h, w) log2-gain at work resolution.
+        cfg: the blend settings.
+
+    Returns:
+        (1, 3, H, W) RGB in [0, 1].
+    """
+    n, _, hh, ww = frames.shape
+    w = torch.softmax(logits, dim=0)
+    w = gaussian_blur(w, cfg.smooth)
+    up = F.interpolate(w, size=(hh, ww), mode="bilinear", align_corners=False)  # (N, 1, H, W)
+    g = gray_t(frames)
+    lap_k = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]], dtype=g.dtype, device=g.device)
+    con = F.conv2d(F.pad(g, (1, 1, 1, 1), mode="reflect"), lap_k.view(1, 1, 3, 3)).abs() + 1e-3
+    pw = up * con**cfg.contrast
+    pw = pw / (pw.sum(0, keepdim=True) + 1e-12)
+    levels = pyramid_levels(hh, ww, cfg.levels_top)
+    cur, wcur, acc = g, pw, []
+    for _ in range(levels):
+        down = pyr_down(cur)
+        acc.append(((cur - pyr_up(down, cur.shape[-2:])) * wcur).sum(0, keepdim=True))
+        cur, wcur = down, pyr_down(wcur)
+    y = (cur * wcur).sum(0, keepdim=True)
+    for k in range(levels - 1, -1, -1):
+        y = pyr_up(y, acc[k].shape[-2:]) + acc[k]
+    mix = (srgb_to_linear_t(frames) * up).sum(0, keepdim=True)  # (1, 3, H, W)
+    gain = F.interpolate(torch.exp2(log_gain), size=(hh, ww), mode="bilinear", align_corners=False)
+    target = srgb_to_linear_t(y.clamp(0, 1)) * gain
+    out = mix * (target / gray_t(mix).clamp(min=1e-6))
+    peak = out.amax(dim=1, keepdim=True).clamp(min=1.0)
+    return linear_to_srgb_t(out / peak)
+
+
+def fuse_torch(net: ExposureNet, frames: Tensor, cfg: BlendConfig) -> Tensor:
+    """The whole engine in torch: (N, 3, H, W) frames sorted dark to bright -> (1, 3, H, W)."""
+    from crmef.engine import work_shape
+
+    shape = work_shape(frames.shape[-2], frames.shape[-1], cfg.work_size)
+    small = reduce_frames(frames, shape)
+    logits, gain = net(small)
+    return blend_torch(frames, logits + prior_logits_t(small, cfg.sigma), gain, cfg)
+
+
+def count_flops(net: ExposureNet, n: int, shape: tuple[int, int]) -> float:
+    """FLOPs of one forward on ``n`` frames at ``shape`` (torch's flop counter)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        net(torch.rand(n, 3, *shape))
+    return float(fc.get_total_flops())
+
+
+def export_onnx(net: ExposureNet, path: str, opset: int = 17) -> None:
+    """Export to ONNX: input ``frames`` (N, 3, h, w), outputs ``logits`` (N, 1, h, w) and ``gain``
+    (1, 1, h, w); N, h and w dynamic (h, w even)."""
+    net = net.eval()
+    with torch.no_grad():
+        torch.onnx.export(
+            net, (torch.rand(3, 3, 64, 96),), path, input_names=["frames"], output_names=["logits", "gain"],
+            dynamic_axes={"frames": {0: "n", 2: "h", 3: "w"}, "logits": {0: "n", 2: "h", 3: "w"},
+                          "gain": {2: "h", 3: "w"}},
+            opset_version=opset, dynamo=False,
+        )
+
+
+__all__ = ["export_onnx", "EXPOSURE_SLOTS", "ExposureNet", "blend_torch", "fuse_torch", "count_flops", "math"]

@@ -1,0 +1,150 @@
+"""The default engine: numpy/torch parity, colour by construction, N frames, no torch import."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from crmef.engine import (
+    BlendConfig,
+    ExposureModel,
+    blend,
+    linear_to_srgb,
+    load_engine,
+    prior_logits,
+    select_frames,
+    srgb_to_linear,
+    usable_frames,
+    work_shape,
+    _reduce,
+)
+from crmef.metrics.chroma import chroma_hull
+from crmef.nets.exposure import ExposureNet, blend_torch, export_onnx, fuse_torch
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def bracket(n: int = 3, h: int = 96, w: int = 128, seed: int = 0) -> list[np.ndarray]:
+    """A synthetic bracket: one coloured, textured linear scene exposed at n stops, sRGB."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    base = np.stack([0.5 + 0.4 * np.sin(xx / 9), 0.4 + 0.3 * np.cos(yy / 7), 0.3 + 0.2 * np.sin((xx + yy) / 13)], -1)
+    radiance = base * np.exp2(4 * xx / w - 2)[..., None] * (1 + 0.2 * rng.random((h, w, 1)))
+    frames = []
+    for k in range(n):
+        lin = np.clip(radiance * 2.0 ** (k * 4 / max(n - 1, 1) - 2), 0, 1)
+        frames.append(np.round(linear_to_srgb(lin.astype(np.float32)) * 255) / 255)
+    return [f.astype(np.float32) for f in frames]
+
+
+def test_colour_conversions_match_the_iec_curve():
+    x = np.linspace(0, 1, 1001, dtype=np.float32)
+    exact = np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
+    assert np.abs(srgb_to_linear(x) - exact).max() < 5e-5
+    x8 = np.arange(256, dtype=np.float32) / 255  # 8-bit values take the 8-bit table
+    exact8 = np.where(x8 <= 0.04045, x8 / 12.92, ((x8 + 0.055) / 1.055) ** 2.4)
+    assert np.abs(srgb_to_linear(x8) - exact8).max() < 1e-6
+    back = linear_to_srgb(exact.astype(np.float32))
+    assert np.abs(back - x).max() < 2e-4
+
+
+def test_numpy_blend_equals_torch_blend():
+    frames = bracket(3)
+    cfg = BlendConfig()
+    shape = work_shape(*frames[0].shape[:2], cfg.work_size)
+    small = _reduce(frames, shape)
+    rng = np.random.default_rng(1)
+    logits = (prior_logits(small, cfg.sigma) + rng.normal(0, 0.5, (3, *shape))).astype(np.float32)
+    gain = (0.3 * rng.standard_normal(shape)).astype(np.float32)
+    a = blend(frames, logits, gain, cfg)
+    t = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)
+    b = blend_torch(t, torch.from_numpy(logits)[:, None], torch.from_numpy(gain)[None, None], cfg)
+    b = b[0].permute(1, 2, 0).numpy()
+    assert a.shape == b.shape == frames[0].shape
+    assert np.abs(a - b).mean() < 2e-3
+    assert np.abs(a - b).max() < 0.05
+
+
+def test_output_colour_comes_from_the_sources():
+    frames = bracket(3)
+    cfg = BlendConfig()
+    shape = work_shape(*frames[0].shape[:2], cfg.work_size)
+    small = _reduce(frames, shape)
+    gain = np.full(shape, 0.8, np.float32)  # even a strong gain keeps the hue
+    out = blend(frames, prior_logits(small, cfg.sigma), gain, cfg)
+    assert chroma_hull(frames, out) < 5e-4
+    tinted = linear_to_srgb(np.clip(srgb_to_linear(out) * np.array([0.92, 1.0, 1.12], np.float32), 0, 1))
+    assert chroma_hull(frames, tinted) > 4 * chroma_hull(frames, out)
+
+
+@pytest.fixture(scope="module")
+def onnx_model(tmp_path_factory) -> tuple[ExposureNet, ExposureModel]:
+    torch.manual_seed(0)
+    net = ExposureNet.from_ops(["conv_3", "resconv_3", "dilconv_3"], 8)
+    torch.nn.init.normal_(net.tail.weight, std=0.2)
+    path = tmp_path_factory.mktemp("onnx") / "x.onnx"
+    export_onnx(net, str(path))
+    return net.eval(), ExposureModel(path, BlendConfig())
+
+
+def test_onnx_engine_equals_torch(onnx_model):
+    net, model = onnx_model
+    frames = bracket(4, 128, 192)
+    small = _reduce(frames, work_shape(128, 192, 256))
+    logits, gain = model.session.run(None, {"frames": small})
+    with torch.no_grad():
+        tl, tg = net(torch.from_numpy(small))
+    assert np.abs(logits - tl.numpy()).max() < 1e-4 and np.abs(gain - tg.numpy()).max() < 1e-4
+    out = model(frames)
+    with torch.no_grad():
+        ref = fuse_torch(net, torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2), BlendConfig())
+    assert np.abs(out - ref[0].permute(1, 2, 0).numpy()).mean() < 2e-3
+
+
+def test_frame_order_does_not_matter_and_n_frames_fuse(onnx_model):
+    _, model = onnx_model
+    frames = bracket(5)
+    a = model(frames)
+    b = model(frames[::-1])
+    assert np.array_equal(a, b)
+    assert a.shape == frames[0].shape and a.dtype == np.float32
+    assert 0 <= a.min() and a.max() <= 1
+
+
+def test_unusable_frames_are_skipped():
+    frames = bracket(3)
+    black = np.zeros_like(frames[0])
+    white = np.ones_like(frames[0])
+    all_ = [frames[1], black, frames[0], white, frames[2]]
+    assert usable_frames(all_) == [0, 2, 4]
+    used, skipped = select_frames(all_)
+    assert used == [2, 0, 4] and skipped == [1, 3]
+    assert select_frames(all_, extremes=True)[0] == [2, 4]
+
+
+def test_shipped_models_load_and_fuse():
+    for name in ("general", "aligned"):
+        model = load_engine(name)
+        out = model(bracket(3))
+        assert out.shape == (96, 128, 3)
+
+
+def test_engine_import_does_not_import_torch():
+    code = "import sys, crmef.engine; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data not present")
+def test_real_bracket_keeps_source_colour():
+    from crmef.imageio import read_image
+
+    folder = SHARED / "sequences" / "deepfuse" / "Seq_25"
+    frames = [read_image(p) for p in sorted(folder.iterdir())]
+    out = load_engine("general")(frames)
+    assert chroma_hull(frames, out) < 1e-3
