@@ -156,18 +156,20 @@ def test_absurd_png_one_line_no_allocation(tmp_path, capfd):
     line = _fails(capfd, [str(huge), str(good[1]), "-o", str(tmp_path / "out.png")], "huge.png")
     assert "60000x60000" in line and f"at most {MAX_PIXELS // 1_000_000} megapixels" in line
     assert _sums(tmp_path) == before
-    # peak memory of rejecting it, in a fresh interpreter (imports included). VmHWM, not ru_maxrss:
-    # Linux carries ru_maxrss over fork and exec, so a child of pytest would report pytest's.
+    # peak memory of the whole `crmef fuse` process rejecting it (imports included). VmHWM, not
+    # ru_maxrss: Linux carries ru_maxrss over fork and exec, so a child of pytest would report pytest's.
     if not Path("/proc/self/status").exists():
         pytest.skip("peak RSS read from /proc (Linux only)")
-    code = ("import re, sys\nfrom crmef.imageio import load_image\nfrom crmef.errors import InputError\n"
-            "try:\n    load_image(sys.argv[1])\nexcept InputError:\n    pass\nelse:\n    sys.exit(3)\n"
-            "print(re.search(r'VmHWM:\\s*(\\d+)', open('/proc/self/status').read()).group(1))")
+    code = ("import re, sys\nfrom crmef.cli import main\n"
+            "code = main(['fuse', sys.argv[1], sys.argv[2], '-o', sys.argv[3]])\n"
+            "print(code, re.search(r'VmHWM:\\s*(\\d+)', open('/proc/self/status').read()).group(1))")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
-    res = subprocess.run([sys.executable, "-c", code, str(huge)], capture_output=True, text=True, env=env,
-                         timeout=120)
-    assert res.returncode == 0, res.stderr
-    assert int(res.stdout.split()[-1]) * 1024 < 300e6  # VmHWM is in KiB
+    res = subprocess.run([sys.executable, "-c", code, str(huge), str(good[1]), str(tmp_path / "out.png")],
+                         capture_output=True, text=True, env=env, timeout=120)
+    code, peak_kib = map(int, res.stdout.split())
+    assert code == 2 and res.stderr.count("\n") == 1 and "huge.png" in res.stderr, res.stderr
+    assert peak_kib * 1024 < 300e6, f"peak RSS {peak_kib} KiB"  # torch and the model are never imported
+    assert _sums(tmp_path) == before
 
 
 @pytest.mark.parametrize("w,h", [(0, 24), (40, 0)])
