@@ -52,6 +52,25 @@ REAL_JPEG = Path("sequences/forth/Knossos1/DSC_0715.jpg")
 H, W = 24, 40
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _tiny_model(tmp_path_factory) -> None:
+    """A tiny FusionNet for the runs that fuse (the checks under test come before any model)."""
+    import torch
+
+    from crmef.models import save_model
+    from crmef.nets import FusionNet
+    from crmef.space import get_preset
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    save_model(FusionNet.from_genotype(get_preset("general"), channels=4), path, {"name": "tiny"})
+    RUN[:] = ["--model", str(path), "--device", "cpu"]
+
+
+RUN: list[str] = []
+"""Options of every ``crmef fuse`` run here (set by the fixture above)."""
+
+
 # --------------------------------------------------------------------------- seeds
 def _exif() -> bytes:
     exif = Image.Exif()
@@ -233,7 +252,7 @@ def _check_cli(capfd, d: Path, path: Path, partner: Path) -> int:
     capfd.readouterr()
     with warnings.catch_warnings(record=True) as caught:  # pytest would hide them from stderr
         warnings.simplefilter("always")
-        code = main(["fuse", str(path), str(partner), "-o", str(out), "--device", "cpu"])
+        code = main(["fuse", str(path), str(partner), "-o", str(out), *RUN])
     leaked = [f"{w.category.__name__}: {w.message}" for w in caught if "PIL" in w.filename or "cv2" in w.filename]
     assert not leaked, leaked
     stdout, stderr = capfd.readouterr()

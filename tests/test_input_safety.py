@@ -28,6 +28,25 @@ from crmef.imageio import MAX_PIXELS, ORIENTATION_TAG, load_image, write_image
 pytestmark = pytest.mark.timeout(240)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _tiny_model(tmp_path_factory) -> None:
+    """A tiny FusionNet for the runs that fuse (the checks under test come before any model)."""
+    import torch
+
+    from crmef.models import save_model
+    from crmef.nets import FusionNet
+    from crmef.space import get_preset
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    save_model(FusionNet.from_genotype(get_preset("general"), channels=4), path, {"name": "tiny"})
+    RUN[:] = ["--model", str(path), "--device", "cpu"]
+
+
+RUN: list[str] = []
+"""Options of every ``crmef fuse`` run here (set by the fixture above)."""
+
+
 def _frames(d: Path, n: int = 2, h: int = 24, w: int = 40, suffix: str = ".png") -> list[Path]:
     base = np.random.default_rng(n).random((h, w, 3), dtype=np.float32) * 0.5 + 0.1
     return [write_image(d / f"f{i}{suffix}", np.clip(base * 2.0**ev, 0, 1))
@@ -43,7 +62,7 @@ def _sums(d: Path) -> dict[str, str]:
 def _fails(capfd, args: list[str], needle: str) -> str:
     """Run ``crmef fuse ARGS``; assert exit 2 and one stderr line holding ``needle``; return it."""
     capfd.readouterr()
-    code = main(["fuse", *args, "--device", "cpu"])
+    code = main(["fuse", *args, *RUN])
     out, err = capfd.readouterr()
     lines = err.strip().splitlines()
     assert code == 2, (code, err)
@@ -98,7 +117,7 @@ def test_output_that_is_an_input_in_batch_is_never_written(tmp_path, capfd):
     before = _sums(root)
     # -o inside a scene: the output a/a.png would be written among the inputs of scene a
     os.link(root / "a" / "f0.png", root / "a" / "a.png")
-    assert main(["fuse", "--batch", str(root), "-o", str(root / "a"), "--device", "cpu"]) == 0
+    assert main(["fuse", "--batch", str(root), "-o", str(root / "a"), *RUN]) == 0
     assert _sums(root) == {**before, "a/a.png": before["a/f0.png"]}
 
 
@@ -106,7 +125,7 @@ def test_existing_output_that_is_not_an_input_is_replaced(tmp_path, capfd):
     frames = _frames(tmp_path)
     out = tmp_path / "fused.png"
     out.write_bytes(b"old")
-    assert main(["fuse", *map(str, frames), "-o", str(out), "--device", "cpu"]) == 0
+    assert main(["fuse", *map(str, frames), "-o", str(out), *RUN]) == 0
     assert load_image(out).rgb.shape == (24, 40, 3)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f0.png", "f1.png", "fused.png"]
 
@@ -137,18 +156,20 @@ def test_absurd_png_one_line_no_allocation(tmp_path, capfd):
     line = _fails(capfd, [str(huge), str(good[1]), "-o", str(tmp_path / "out.png")], "huge.png")
     assert "60000x60000" in line and f"at most {MAX_PIXELS // 1_000_000} megapixels" in line
     assert _sums(tmp_path) == before
-    # peak memory of rejecting it, in a fresh interpreter (imports included). VmHWM, not ru_maxrss:
-    # Linux carries ru_maxrss over fork and exec, so a child of pytest would report pytest's.
+    # peak memory of the whole `crmef fuse` process rejecting it (imports included). VmHWM, not
+    # ru_maxrss: Linux carries ru_maxrss over fork and exec, so a child of pytest would report pytest's.
     if not Path("/proc/self/status").exists():
         pytest.skip("peak RSS read from /proc (Linux only)")
-    code = ("import re, sys\nfrom crmef.imageio import load_image\nfrom crmef.errors import InputError\n"
-            "try:\n    load_image(sys.argv[1])\nexcept InputError:\n    pass\nelse:\n    sys.exit(3)\n"
-            "print(re.search(r'VmHWM:\\s*(\\d+)', open('/proc/self/status').read()).group(1))")
+    code = ("import re, sys\nfrom crmef.cli import main\n"
+            "code = main(['fuse', sys.argv[1], sys.argv[2], '-o', sys.argv[3]])\n"
+            "print(code, re.search(r'VmHWM:\\s*(\\d+)', open('/proc/self/status').read()).group(1))")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
-    res = subprocess.run([sys.executable, "-c", code, str(huge)], capture_output=True, text=True, env=env,
-                         timeout=120)
-    assert res.returncode == 0, res.stderr
-    assert int(res.stdout.split()[-1]) * 1024 < 300e6  # VmHWM is in KiB
+    res = subprocess.run([sys.executable, "-c", code, str(huge), str(good[1]), str(tmp_path / "out.png")],
+                         capture_output=True, text=True, env=env, timeout=120)
+    code, peak_kib = map(int, res.stdout.split())
+    assert code == 2 and res.stderr.count("\n") == 1 and "huge.png" in res.stderr, res.stderr
+    assert peak_kib * 1024 < 300e6, f"peak RSS {peak_kib} KiB"  # torch and the model are never imported
+    assert _sums(tmp_path) == before
 
 
 @pytest.mark.parametrize("w,h", [(0, 24), (40, 0)])
@@ -207,7 +228,7 @@ def test_decoder_chatter_stays_off_stderr(tmp_path, capfd):
     (tmp_path / "stray.jpg").write_bytes(data[:i] + b"\x00\x01\x02" + data[i:])
     capfd.readouterr()
     assert main(["fuse", str(tmp_path / "stray.jpg"), str(good[1]), "-o", str(tmp_path / "o.jpg"),
-                 "--device", "cpu"]) == 0
+                 *RUN]) == 0
     assert capfd.readouterr().err == ""
     # a PNG whose pixel data fails its CRC: libpng's own line is folded into ours
     png = _frames(tmp_path)[0].read_bytes()
@@ -223,7 +244,7 @@ def test_debug_shows_the_traceback(tmp_path):
     (tmp_path / "x.png").write_text("not an image")
     good = _frames(tmp_path)
     with pytest.raises(InputError, match="x.png"):
-        main(["--debug", "fuse", str(tmp_path / "x.png"), str(good[1]), "-o", str(tmp_path / "o.png")])
+        main(["--debug", "fuse", str(tmp_path / "x.png"), str(good[1]), "-o", str(tmp_path / "o.png"), *RUN])
 
 
 @pytest.mark.parametrize("value", [0, 9, 65535])
@@ -318,7 +339,7 @@ def test_batch_bad_scenes_do_not_stop_the_others(tmp_path, capfd, monkeypatch):
     monkeypatch.setattr(inference, "fuse_ordered", crash_on_41)
     out = tmp_path / "out"
     capfd.readouterr()
-    assert main(["fuse", "--batch", str(root), "-o", str(out), "--device", "cpu"]) == 1
+    assert main(["fuse", "--batch", str(root), "-o", str(out), *RUN]) == 1
     err = capfd.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["a.png", "z.png"]  # no partial or temporary file
     assert load_image(out / "z.png").rgb.shape == (24, 40, 3)
@@ -359,5 +380,5 @@ def test_batch_output_folder_inside_the_scenes_is_not_a_scene(tmp_path, capfd):
         (root / name).mkdir(parents=True)
         _frames(root / name)
     for _ in range(2):  # the second run must not fuse a.png and b.png as a scene "fused"
-        assert main(["fuse", "--batch", str(root), "-o", str(root / "fused"), "--device", "cpu"]) == 0
+        assert main(["fuse", "--batch", str(root), "-o", str(root / "fused"), *RUN]) == 0
     assert sorted(p.name for p in (root / "fused").iterdir()) == ["a.png", "b.png"]

@@ -52,6 +52,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from crmef.errors import InputError
+from crmef.utils import atomic_path
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 ORIENTATION_TAG = 0x0112
@@ -479,30 +480,6 @@ def to_uint(rgb: np.ndarray, bits: int = 8) -> np.ndarray:
     return np.round(np.clip(rgb, 0.0, 1.0) * peak).astype(dtype)
 
 
-@contextlib.contextmanager
-def _atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary path beside ``path``, renamed onto it only on success.
-
-    The same contract as :func:`crmef.utils.atomic_path`, kept here so that reading and writing
-    images never imports torch (``crmef.utils`` does).
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; give the usual mode
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _png_chunk(kind: bytes, payload: bytes) -> bytes:
     return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
 
@@ -574,7 +551,7 @@ def _write_image(
             kwargs["subsampling"] = 0
         fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF",
                ".webp": "WEBP"}[suffix]
-        with _atomic_path(path) as tmp:
+        with atomic_path(path) as tmp:
             Image.fromarray(q).save(tmp, format=fmt, **kwargs)
         return path
     params: list[int] = []
@@ -586,6 +563,6 @@ def _write_image(
     data = buf.tobytes()
     if meta and suffix == ".png":
         data = _png_add_metadata(data, exif, icc)
-    with _atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return path

@@ -18,7 +18,6 @@ import os
 import re
 import sys
 from pathlib import Path
-
 from typing import TYPE_CHECKING, Any, Callable
 
 from crmef.errors import CrmefError, InputError
