@@ -59,11 +59,13 @@ def test_numpy_blend_equals_torch_blend():
     shape = work_shape(*frames[0].shape[:2], cfg.work_size)
     small = _reduce(frames, shape)
     rng = np.random.default_rng(1)
-    logits = (prior_logits(small, cfg.sigma) + rng.normal(0, 0.5, (3, *shape))).astype(np.float32)
+    prior = prior_logits(small, cfg.sigma)
+    logits = (prior + rng.normal(0, 0.5, (3, *shape))).astype(np.float32)
     gain = (0.3 * rng.standard_normal(shape)).astype(np.float32)
-    a = blend(frames, logits, gain, cfg)
+    a = blend(frames, prior, logits, gain, cfg)
     t = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)
-    b = blend_torch(t, torch.from_numpy(logits)[:, None], torch.from_numpy(gain)[None, None], cfg)
+    b = blend_torch(t, torch.from_numpy(prior)[:, None], torch.from_numpy(logits)[:, None],
+                    torch.from_numpy(gain)[None, None], cfg)
     b = b[0].permute(1, 2, 0).numpy()
     assert a.shape == b.shape == frames[0].shape
     assert np.abs(a - b).mean() < 2e-3
@@ -76,7 +78,8 @@ def test_output_colour_comes_from_the_sources():
     shape = work_shape(*frames[0].shape[:2], cfg.work_size)
     small = _reduce(frames, shape)
     gain = np.full(shape, 0.8, np.float32)  # even a strong gain keeps the hue
-    out = blend(frames, prior_logits(small, cfg.sigma), gain, cfg)
+    prior = prior_logits(small, cfg.sigma)
+    out = blend(frames, prior, prior, gain, cfg)
     assert chroma_hull(frames, out) < 5e-4
     tinted = linear_to_srgb(np.clip(srgb_to_linear(out) * np.array([0.92, 1.0, 1.12], np.float32), 0, 1))
     assert chroma_hull(frames, tinted) > 4 * chroma_hull(frames, out)
@@ -96,7 +99,7 @@ def test_onnx_engine_equals_torch(onnx_model):
     net, model = onnx_model
     frames = bracket(4, 128, 192)
     small = _reduce(frames, work_shape(128, 192, 256))
-    logits, gain = model.session.run(None, {"frames": small})
+    logits, gain = model.session.run(None, {"frames": small})  # the network's part, without the prior
     with torch.no_grad():
         tl, tg = net(torch.from_numpy(small))
     assert np.abs(logits - tl.numpy()).max() < 1e-4 and np.abs(gain - tg.numpy()).max() < 1e-4

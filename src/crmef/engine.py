@@ -61,6 +61,9 @@ class BlendConfig:
         contrast: exponent ``c`` of the contrast term in the pyramid weights.
         max_gain: bound (stops) of the network's log2-gain.
         levels_top: the pyramid stops when its coarsest level's short side is at most this.
+        detail_levels: the finest levels of the pyramid (detail up to ~2^levels px) take their
+            weights from the well-exposedness prior alone; the network decides the coarser
+            levels (tone) and the colour mix. 0: the network's weights everywhere.
     """
 
     work_size: int = 256
@@ -69,6 +72,7 @@ class BlendConfig:
     contrast: float = 2.0
     max_gain: float = 1.0
     levels_top: int = 8
+    detail_levels: int = 5
 
     def to_dict(self) -> dict[str, float | int]:
         return asdict(self)
@@ -178,12 +182,28 @@ def smooth_weights(logits: np.ndarray, smooth: float) -> np.ndarray:
     return e.astype(np.float32)
 
 
-def blend(frames: Sequence[np.ndarray], logits: np.ndarray, log_gain: np.ndarray, cfg: BlendConfig) -> np.ndarray:
+def _pyramid_weights(sw_small: np.ndarray, cons: list[np.ndarray], size: tuple[int, int]) -> list[np.ndarray]:
+    """Full-resolution pyramid weights ``s_i · con_i`` normalised over the frames."""
+    pw = [cv2.multiply(c, cv2.resize(s, size, interpolation=cv2.INTER_LINEAR)) for s, c in zip(sw_small, cons)]
+    total = pw[0].copy()
+    for p in pw[1:]:
+        total += p
+    total += 1e-12
+    for p in pw:
+        p /= total
+    return pw
+
+
+def blend(frames: Sequence[np.ndarray], detail_logits: np.ndarray, tone_logits: np.ndarray, log_gain: np.ndarray,
+          cfg: BlendConfig) -> np.ndarray:
     """Fuse full-resolution frames with work-resolution logits and gain (steps 2–4 above).
 
     Args:
         frames: N float32 (H, W, 3) RGB in [0, 1], same size.
-        logits: (N, h, w) float32 per-frame logits at work resolution (prior included).
+        detail_logits: (N, h, w) float32 logits of the pyramid's ``cfg.detail_levels`` finest
+            levels (the well-exposedness prior: structure by construction).
+        tone_logits: (N, h, w) float32 logits of the coarser levels and of the colour mix (the
+            network's, prior included).
         log_gain: (h, w) float32 log2-gain at work resolution (already bounded).
         cfg: the blend settings.
 
@@ -192,37 +212,33 @@ def blend(frames: Sequence[np.ndarray], logits: np.ndarray, log_gain: np.ndarray
     """
     h_full, w_full = frames[0].shape[:2]
     size = (w_full, h_full)
-    sw_small = smooth_weights(logits, cfg.smooth)
+    sw_tone = smooth_weights(tone_logits, cfg.smooth)
     n_lev = pyramid_levels(h_full, w_full, cfg.levels_top)
     # Pyramid weights: smooth weight x contrast^c, normalised over frames.
-    greys, pw = [], []
-    for f, s in zip(frames, sw_small):
+    greys, cons = [], []
+    for f in frames:
         g = gray(f)
         greys.append(g)
         con = np.abs(cv2.Laplacian(g, cv2.CV_32F, ksize=1))
         con += 1e-3
-        if cfg.contrast != 1:
-            con = cv2.pow(con, cfg.contrast)
-        pw.append(cv2.multiply(con, cv2.resize(s, size, interpolation=cv2.INTER_LINEAR)))
-    total = pw[0].copy()
-    for p in pw[1:]:
-        total += p
-    total += 1e-12
+        cons.append(cv2.pow(con, cfg.contrast) if cfg.contrast != 1 else con)
+    pw_tone = _pyramid_weights(sw_tone, cons, size)
+    pw_detail = _pyramid_weights(smooth_weights(detail_logits, cfg.smooth), cons, size) if cfg.detail_levels else pw_tone
+    del cons
     out_pyr: list[np.ndarray] | None = None
-    for g, p in zip(greys, pw):
-        p /= total
-        gw = [p]
-        lap = []
-        cur = g
-        for _ in range(n_lev):
+    for g, pt, pd in zip(greys, pw_tone, pw_detail):
+        cur, wt, wd = g, pt, pd
+        terms = []
+        for k in range(n_lev):
             down = cv2.pyrDown(cur)
-            lap.append(cur - cv2.pyrUp(down, dstsize=cur.shape[1::-1]))
+            terms.append((cur - cv2.pyrUp(down, dstsize=cur.shape[1::-1])) * (wd if k < cfg.detail_levels else wt))
             cur = down
-            gw.append(cv2.pyrDown(gw[-1]))
-        lap.append(cur)
-        terms = [a * b for a, b in zip(lap, gw)]
+            wt = cv2.pyrDown(wt)
+            if k + 1 < cfg.detail_levels:
+                wd = cv2.pyrDown(wd)
+        terms.append(cur * wt)
         out_pyr = terms if out_pyr is None else [a + b for a, b in zip(out_pyr, terms)]
-    del greys, pw, total
+    del greys, pw_tone, pw_detail
     assert out_pyr is not None
     y = out_pyr[-1]
     for k in range(n_lev - 1, -1, -1):
@@ -231,7 +247,7 @@ def blend(frames: Sequence[np.ndarray], logits: np.ndarray, log_gain: np.ndarray
     # Colour: linear-light mix with the smooth weights, scaled to the target luminance. Every
     # step below is one pass over the image; 3-channel temporaries are made in place.
     mix = np.zeros((h_full, w_full, 3), np.float32)
-    for f, s in zip(frames, sw_small):
+    for f, s in zip(frames, sw_tone):
         term = srgb_to_linear(f)
         np.multiply(term, cv2.resize(s, size, interpolation=cv2.INTER_LINEAR)[..., None], out=term)
         mix += term
@@ -335,12 +351,14 @@ class ExposureModel:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise InputError(f"{card_path}: not a crmef engine model card ({exc})") from None
 
-    def maps(self, frames: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Work-resolution (logits (N, h, w), log2-gain (h, w)) of frames sorted dark to bright."""
+    def maps(self, frames: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Work-resolution (prior logits, network logits (N, h, w), log2-gain (h, w)) of frames
+        sorted dark to bright."""
         h, w = frames[0].shape[:2]
         small = _reduce(frames, work_shape(h, w, self.cfg.work_size))
         logits, gain = self.session.run(None, {"frames": small})
-        return logits[:, 0] + prior_logits(small, self.cfg.sigma), gain[0, 0]
+        prior = prior_logits(small, self.cfg.sigma)
+        return prior, logits[:, 0] + prior, gain[0, 0]
 
     def __call__(self, frames: Sequence[np.ndarray]) -> np.ndarray:
         """Fuse N ≥ 2 float32 (H, W, 3) frames of one scene (any order) into one image."""
@@ -354,8 +372,8 @@ class ExposureModel:
         ordered = [frames[i] for i in order]
         if self.prealign:
             ordered = align_frames(ordered, len(ordered) // 2)
-        logits, gain = self.maps(ordered)
-        return blend(ordered, logits, gain, self.cfg)
+        prior, logits, gain = self.maps(ordered)
+        return blend(ordered, prior, logits, gain, self.cfg)
 
 
 def check_sizes(frames: Sequence[np.ndarray], names: Sequence[str], resize: bool = False) -> list[np.ndarray]:

@@ -166,12 +166,14 @@ def reduce_frames(frames: Tensor, shape: tuple[int, int]) -> Tensor:
     return F.interpolate(frames, size=shape, mode="area")
 
 
-def blend_torch(frames: Tensor, logits: Tensor, log_gain: Tensor, cfg: BlendConfig) -> Tensor:
+def blend_torch(frames: Tensor, detail_logits: Tensor, tone_logits: Tensor, log_gain: Tensor,
+                cfg: BlendConfig) -> Tensor:
     """:func:`crmef.engine.blend` in torch.
 
     Args:
         frames: (N, 3, H, W) RGB in [0, 1], sorted dark to bright.
-        logits: (N, 1, h, w) logits at work resolution (prior included).
+        detail_logits: (N, 1, h, w) logits of the finest ``cfg.detail_levels`` levels.
+        tone_logits: (N, 1, h, w) logits of the coarser levels and the colour mix.
         log_gain: (1, 1, h, w) log2-gain at work resolution.
         cfg: the blend settings.
 
@@ -179,21 +181,31 @@ def blend_torch(frames: Tensor, logits: Tensor, log_gain: Tensor, cfg: BlendConf
         (1, 3, H, W) RGB in [0, 1].
     """
     n, _, hh, ww = frames.shape
-    w = torch.softmax(logits, dim=0)
-    w = gaussian_blur(w, cfg.smooth)
-    up = F.interpolate(w, size=(hh, ww), mode="bilinear", align_corners=False)  # (N, 1, H, W)
+
+    def smooth_up(logits: Tensor) -> Tensor:
+        w = gaussian_blur(torch.softmax(logits, dim=0), cfg.smooth)
+        return F.interpolate(w, size=(hh, ww), mode="bilinear", align_corners=False)  # (N, 1, H, W)
+
     g = gray_t(frames)
     lap_k = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]], dtype=g.dtype, device=g.device)
-    con = F.conv2d(F.pad(g, (1, 1, 1, 1), mode="reflect"), lap_k.view(1, 1, 3, 3)).abs() + 1e-3
-    pw = up * con**cfg.contrast
-    pw = pw / (pw.sum(0, keepdim=True) + 1e-12)
+    con = (F.conv2d(F.pad(g, (1, 1, 1, 1), mode="reflect"), lap_k.view(1, 1, 3, 3)).abs() + 1e-3) ** cfg.contrast
+
+    def normalised(up: Tensor) -> Tensor:
+        pw = up * con
+        return pw / (pw.sum(0, keepdim=True) + 1e-12)
+
+    up = smooth_up(tone_logits)
+    wt = normalised(up)
+    wd = normalised(smooth_up(detail_logits)) if cfg.detail_levels else wt
     levels = pyramid_levels(hh, ww, cfg.levels_top)
-    cur, wcur, acc = g, pw, []
-    for _ in range(levels):
+    cur, acc = g, []
+    for k in range(levels):
         down = pyr_down(cur)
-        acc.append(((cur - pyr_up(down, cur.shape[-2:])) * wcur).sum(0, keepdim=True))
-        cur, wcur = down, pyr_down(wcur)
-    y = (cur * wcur).sum(0, keepdim=True)
+        acc.append(((cur - pyr_up(down, cur.shape[-2:])) * (wd if k < cfg.detail_levels else wt)).sum(0, keepdim=True))
+        cur, wt = down, pyr_down(wt)
+        if k + 1 < cfg.detail_levels:
+            wd = pyr_down(wd)
+    y = (cur * wt).sum(0, keepdim=True)
     for k in range(levels - 1, -1, -1):
         y = pyr_up(y, acc[k].shape[-2:]) + acc[k]
     mix = (srgb_to_linear_t(frames) * up).sum(0, keepdim=True)  # (1, 3, H, W)
@@ -211,7 +223,8 @@ def fuse_torch(net: ExposureNet, frames: Tensor, cfg: BlendConfig) -> Tensor:
     shape = work_shape(frames.shape[-2], frames.shape[-1], cfg.work_size)
     small = reduce_frames(frames, shape)
     logits, gain = net(small)
-    return blend_torch(frames, logits + prior_logits_t(small, cfg.sigma), gain, cfg)
+    prior = prior_logits_t(small, cfg.sigma)
+    return blend_torch(frames, prior, logits + prior, gain, cfg)
 
 
 def count_flops(net: ExposureNet, n: int, shape: tuple[int, int]) -> float:
