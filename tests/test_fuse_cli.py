@@ -104,7 +104,7 @@ def test_bad_input_matrix(tmp_path, model, capsys, case):
 
 
 def test_missing_default_model(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("crmef.models.WEIGHTS_DIR", tmp_path / "none")
+    monkeypatch.setattr("crmef.engine.WEIGHTS_DIR", tmp_path / "none")
     frames = _frames(tmp_path)
     assert main(["fuse", *frames, "-o", str(tmp_path / "o.png")]) == 2
     assert "not installed" in capsys.readouterr().err

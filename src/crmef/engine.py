@@ -60,7 +60,7 @@ class BlendConfig:
         smooth: Gaussian blur (px at work resolution) of the per-frame weights.
         contrast: exponent ``c`` of the contrast term in the pyramid weights.
         max_gain: bound (stops) of the network's log2-gain.
-        levels_top: the pyramid stops when its coarsest level's short side is at most this.
+        levels_top: the pyramid stops when its coarsest short side is at most this (1: full depth).
         detail_levels: the finest levels of the pyramid (detail up to ~2^levels px) take their
             weights from the well-exposedness prior alone; the network decides the coarser
             levels (tone) and the colour mix. 0: the network's weights everywhere.
@@ -69,9 +69,9 @@ class BlendConfig:
     work_size: int = 256
     sigma: float = 0.15
     smooth: float = 2.0
-    contrast: float = 2.0
+    contrast: float = 1.0
     max_gain: float = 1.0
-    levels_top: int = 8
+    levels_top: int = 1
     detail_levels: int = 5
 
     def to_dict(self) -> dict[str, float | int]:
@@ -79,7 +79,12 @@ class BlendConfig:
 
 
 def pyramid_levels(h: int, w: int, top: int) -> int:
-    """Number of pyramid reductions so that the coarsest short side is ≤ ``top`` (at least 1)."""
+    """Number of pyramid reductions so that the coarsest short side is ≤ ``top`` (at least 1).
+
+    With ``top = 1`` the pyramid has full depth (its coarsest level is 1–2 px): the blend's
+    global tone is decided on the whole image, as in Mertens et al.'s exposure fusion (an 8 px
+    top costs 3 dB against full-bracket references on validation pairs).
+    """
     return max(1, math.ceil(math.log2(max(min(h, w), 2) / top)))
 
 
@@ -182,26 +187,30 @@ def smooth_weights(logits: np.ndarray, smooth: float) -> np.ndarray:
     return e.astype(np.float32)
 
 
-def _pyramid_weights(sw_small: np.ndarray, cons: list[np.ndarray], size: tuple[int, int]) -> list[np.ndarray]:
-    """Full-resolution pyramid weights ``s_i · con_i`` normalised over the frames."""
-    pw = [cv2.multiply(c, cv2.resize(s, size, interpolation=cv2.INTER_LINEAR)) for s, c in zip(sw_small, cons)]
-    total = pw[0].copy()
-    for p in pw[1:]:
-        total += p
+def _normalised(ws: list[np.ndarray]) -> list[np.ndarray]:
+    """Maps divided by their sum over the frames (in place)."""
+    total = ws[0].copy()
+    for w in ws[1:]:
+        total += w
     total += 1e-12
-    for p in pw:
-        p /= total
-    return pw
+    for w in ws:
+        w /= total
+    return ws
 
 
 def blend(frames: Sequence[np.ndarray], detail_logits: np.ndarray, tone_logits: np.ndarray, log_gain: np.ndarray,
           cfg: BlendConfig) -> np.ndarray:
     """Fuse full-resolution frames with work-resolution logits and gain (steps 2–4 above).
 
+    The pyramid weights of frame i at level k are ``s_i · G_k(c_i)`` normalised over the frames,
+    with ``c_i = (|∇²g_i| + ε)^contrast`` and ``G_k`` the Gaussian pyramid: for the finest
+    ``cfg.detail_levels`` levels ``s_i`` is the prior's smooth weight, taken at full resolution and
+    reduced with the pyramid; from level ``detail_levels`` on it is the network's smooth weight,
+    resized to that level (so the full-resolution passes do not grow with the network's part).
+
     Args:
         frames: N float32 (H, W, 3) RGB in [0, 1], same size.
-        detail_logits: (N, h, w) float32 logits of the pyramid's ``cfg.detail_levels`` finest
-            levels (the well-exposedness prior: structure by construction).
+        detail_logits: (N, h, w) float32 logits of the finest levels (the well-exposedness prior).
         tone_logits: (N, h, w) float32 logits of the coarser levels and of the colour mix (the
             network's, prior included).
         log_gain: (h, w) float32 log2-gain at work resolution (already bounded).
@@ -214,32 +223,43 @@ def blend(frames: Sequence[np.ndarray], detail_logits: np.ndarray, tone_logits: 
     size = (w_full, h_full)
     sw_tone = smooth_weights(tone_logits, cfg.smooth)
     n_lev = pyramid_levels(h_full, w_full, cfg.levels_top)
-    # Pyramid weights: smooth weight x contrast^c, normalised over frames.
-    greys, cons = [], []
-    for f in frames:
+    split = min(cfg.detail_levels, n_lev)
+    sw_detail = smooth_weights(detail_logits, cfg.smooth) if split else sw_tone
+    # Grey Laplacian pyramids, and the contrast measure's Gaussian pyramid down to the split.
+    laps, cons_split, wd = [], [], []
+    for f, sd in zip(frames, sw_detail):
         g = gray(f)
-        greys.append(g)
         con = np.abs(cv2.Laplacian(g, cv2.CV_32F, ksize=1))
         con += 1e-3
-        cons.append(cv2.pow(con, cfg.contrast) if cfg.contrast != 1 else con)
-    pw_tone = _pyramid_weights(sw_tone, cons, size)
-    pw_detail = _pyramid_weights(smooth_weights(detail_logits, cfg.smooth), cons, size) if cfg.detail_levels else pw_tone
-    del cons
-    out_pyr: list[np.ndarray] | None = None
-    for g, pt, pd in zip(greys, pw_tone, pw_detail):
-        cur, wt, wd = g, pt, pd
-        terms = []
-        for k in range(n_lev):
+        con = cv2.pow(con, cfg.contrast) if cfg.contrast != 1 else con
+        if split:
+            wd.append(cv2.multiply(con, cv2.resize(sd, size, interpolation=cv2.INTER_LINEAR)))
+        for _ in range(split):
+            con = cv2.pyrDown(con)
+        cons_split.append(con)
+        lap, cur = [], g
+        for _ in range(n_lev):
             down = cv2.pyrDown(cur)
-            terms.append((cur - cv2.pyrUp(down, dstsize=cur.shape[1::-1])) * (wd if k < cfg.detail_levels else wt))
+            lap.append(cur - cv2.pyrUp(down, dstsize=cur.shape[1::-1]))
             cur = down
-            wt = cv2.pyrDown(wt)
-            if k + 1 < cfg.detail_levels:
-                wd = cv2.pyrDown(wd)
-        terms.append(cur * wt)
-        out_pyr = terms if out_pyr is None else [a + b for a, b in zip(out_pyr, terms)]
-    del greys, pw_tone, pw_detail
-    assert out_pyr is not None
+        lap.append(cur)
+        laps.append(lap)
+    hs, ws_ = cons_split[0].shape
+    wt = _normalised([cv2.multiply(c, cv2.resize(s, (ws_, hs), interpolation=cv2.INTER_LINEAR))
+                      for c, s in zip(cons_split, sw_tone)])
+    wd = _normalised(wd) if split else []
+    out_pyr: list[np.ndarray] = []
+    for i, lap in enumerate(laps):
+        terms = []
+        w = wd[i] if split else wt[i]
+        for k in range(n_lev + 1):
+            if k == split:
+                w = wt[i]
+            terms.append(lap[k] * w)
+            if k < n_lev:
+                w = cv2.pyrDown(w)
+        out_pyr = terms if not out_pyr else [a + b for a, b in zip(out_pyr, terms)]
+    del laps, wd, wt
     y = out_pyr[-1]
     for k in range(n_lev - 1, -1, -1):
         y = cv2.pyrUp(y, dstsize=out_pyr[k].shape[1::-1]) + out_pyr[k]
@@ -344,6 +364,8 @@ class ExposureModel:
     def from_card(cls, card_path: str | os.PathLike[str]) -> ExposureModel:
         """Load from a model card (JSON) that names its ONNX file and blend settings."""
         card_path = Path(card_path)
+        if card_path.parent == WEIGHTS_DIR:
+            check_installed(card_path)
         try:
             card = json.loads(card_path.read_text())
             return cls(card_path.with_name(card["onnx"]), BlendConfig(**card["blend"]),
@@ -352,13 +374,12 @@ class ExposureModel:
             raise InputError(f"{card_path}: not a crmef engine model card ({exc})") from None
 
     def maps(self, frames: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Work-resolution (prior logits, network logits (N, h, w), log2-gain (h, w)) of frames
-        sorted dark to bright."""
+        """Work-resolution maps of frames sorted dark to bright: the detail levels' prior logits
+        and the network's tone logits (N, h, w), and its log2-gain (h, w)."""
         h, w = frames[0].shape[:2]
         small = _reduce(frames, work_shape(h, w, self.cfg.work_size))
         logits, gain = self.session.run(None, {"frames": small})
-        prior = prior_logits(small, self.cfg.sigma)
-        return prior, logits[:, 0] + prior, gain[0, 0]
+        return prior_logits(small, self.cfg.sigma), logits[:, 0], gain[0, 0]
 
     def __call__(self, frames: Sequence[np.ndarray]) -> np.ndarray:
         """Fuse N ≥ 2 float32 (H, W, 3) frames of one scene (any order) into one image."""
@@ -433,3 +454,14 @@ def load_engine(model: str | os.PathLike[str] = "general") -> ExposureModel:
     if card is None:
         raise InputError(f"unknown engine model {model!r}; use one of {', '.join(ENGINE_MODELS)} or a card .json")
     return ExposureModel.from_card(card)
+
+
+def check_installed(card: Path) -> None:
+    """A clear error when a shipped model's card or network file is missing.
+
+    Raises:
+        InputError: naming the missing file.
+    """
+    if not card.is_file():
+        raise InputError(f"the default model {card.stem!r} is not installed: {card} is missing "
+                         "(reinstall crmef, or see docs/training.md to rebuild it)")

@@ -52,8 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``demo`` sub-command."""
     p = subparsers.add_parser("demo", help="fuse a bracket made from a photo shipped with scikit-image")
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--model", default="general", help="general | aligned | PATH.safetensors")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--model", default="general", help="general | aligned | paper_general | PATH.safetensors")
+    p.add_argument("--device", default="auto", help="for the paper's network: auto | cpu | cuda | mps")
     p.add_argument("--stops", type=float, default=2.0, help="exposure offset of each frame in EV (default 2)")
     p.set_defaults(func=run)
 
@@ -68,8 +68,13 @@ def run(args: argparse.Namespace) -> int:
 
     photo = data.astronaut().astype(np.float32) / 255.0
     under, over = make_bracket(photo, args.stops)
+    from crmef.engine import engine_card
+
     try:
-        fused = fuse([under, over], model=args.model, device=args.device, mode="full")
+        if engine_card(args.model) is not None:
+            fused = fuse([under, over], model=args.model)
+        else:
+            fused = fuse([under, over], model=args.model, device=args.device, mode="full")
         how = f"model {args.model}"
     except InputError as exc:
         if "not installed" not in str(exc):
@@ -86,4 +91,9 @@ def run(args: argparse.Namespace) -> int:
                       ("side_by_side", np.concatenate([under, gap, over, gap, fused], axis=1))):
         write_image(out / f"{name}.png", img)
     print(f"wrote {out}/under.png, over.png, fused.png, side_by_side.png (fused with {how})")
+    from crmef.baselines import mertens
+    from crmef.metrics.chroma import chroma_hull
+
+    print(f"colour fidelity (chroma_hull, lower is better): fused {chroma_hull([under, over], fused):.5f}, "
+          f"OpenCV Mertens {chroma_hull([under, over], mertens([under, over])):.5f}")
     return 0

@@ -59,7 +59,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``export`` sub-command."""
     p = subparsers.add_parser("export", help="export a model to ONNX (dynamic H and W)",
                               description=__doc__.split("\n\n")[1] if __doc__ else None)
-    p.add_argument("--model", default="general", help="general | aligned | PATH.safetensors")
+    p.add_argument("--model", default="paper_general",
+                   help="paper_general | paper_aligned | PATH.safetensors (the engine models ship their network as ONNX already: crmef/weights/exposure.onnx)")
     p.add_argument("--onnx", type=Path, required=True, help="output .onnx file")
     p.add_argument("--opset", type=int, default=19)
     p.set_defaults(func=run)

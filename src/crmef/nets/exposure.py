@@ -105,9 +105,24 @@ class ExposureNet(nn.Module):
 _K5 = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0]) / 16.0
 
 
+def _reflect101(n: int, p: int, device: torch.device) -> Tensor:
+    """Indices of a length-``n`` axis padded by ``p`` with OpenCV's BORDER_REFLECT_101 (any n)."""
+    period = 2 * (n - 1)
+    idx = []
+    for i in range(-p, n + p):
+        j = abs(i) % period if period else 0
+        idx.append(period - j if j >= n else j)
+    return torch.tensor(idx, device=device)
+
+
 def _sep(x: Tensor, k: Tensor) -> Tensor:
-    """Separable 5-tap filter of (B, 1, H, W) with reflect-101 borders (OpenCV's default)."""
-    x = F.pad(x, (2, 2, 2, 2), mode="reflect")
+    """Separable 5-tap filter of (B, 1, H, W) with reflect-101 borders (OpenCV's default), also on
+    the 1–2 px levels at the top of a full-depth pyramid."""
+    h, w = x.shape[-2:]
+    if min(h, w) > 2:
+        x = F.pad(x, (2, 2, 2, 2), mode="reflect")
+    else:
+        x = x.index_select(-2, _reflect101(h, 2, x.device)).index_select(-1, _reflect101(w, 2, x.device))
     x = F.conv2d(x, k.view(1, 1, 1, 5).to(x))
     return F.conv2d(x, k.view(1, 1, 5, 1).to(x))
 
@@ -190,22 +205,28 @@ def blend_torch(frames: Tensor, detail_logits: Tensor, tone_logits: Tensor, log_
     lap_k = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]], dtype=g.dtype, device=g.device)
     con = (F.conv2d(F.pad(g, (1, 1, 1, 1), mode="reflect"), lap_k.view(1, 1, 3, 3)).abs() + 1e-3) ** cfg.contrast
 
-    def normalised(up: Tensor) -> Tensor:
-        pw = up * con
+    def normalised(pw: Tensor) -> Tensor:
         return pw / (pw.sum(0, keepdim=True) + 1e-12)
 
-    up = smooth_up(tone_logits)
-    wt = normalised(up)
-    wd = normalised(smooth_up(detail_logits)) if cfg.detail_levels else wt
     levels = pyramid_levels(hh, ww, cfg.levels_top)
+    split = min(cfg.detail_levels, levels)
+    up = smooth_up(tone_logits)  # the colour mix's weights
+    w = normalised(smooth_up(detail_logits) * con) if split else None
+    con_s = con
+    for _ in range(split):
+        con_s = pyr_down(con_s)
+    tone = gaussian_blur(torch.softmax(tone_logits, dim=0), cfg.smooth)
+    wt = normalised(F.interpolate(tone, size=con_s.shape[-2:], mode="bilinear", align_corners=False) * con_s)
     cur, acc = g, []
     for k in range(levels):
+        if k == split:
+            w = wt
         down = pyr_down(cur)
-        acc.append(((cur - pyr_up(down, cur.shape[-2:])) * (wd if k < cfg.detail_levels else wt)).sum(0, keepdim=True))
-        cur, wt = down, pyr_down(wt)
-        if k + 1 < cfg.detail_levels:
-            wd = pyr_down(wd)
-    y = (cur * wt).sum(0, keepdim=True)
+        acc.append(((cur - pyr_up(down, cur.shape[-2:])) * w).sum(0, keepdim=True))
+        cur, w = down, pyr_down(w)
+    if split >= levels:
+        w = wt
+    y = (cur * w).sum(0, keepdim=True)
     for k in range(levels - 1, -1, -1):
         y = pyr_up(y, acc[k].shape[-2:]) + acc[k]
     mix = (srgb_to_linear_t(frames) * up).sum(0, keepdim=True)  # (1, 3, H, W)
@@ -223,8 +244,7 @@ def fuse_torch(net: ExposureNet, frames: Tensor, cfg: BlendConfig) -> Tensor:
     shape = work_shape(frames.shape[-2], frames.shape[-1], cfg.work_size)
     small = reduce_frames(frames, shape)
     logits, gain = net(small)
-    prior = prior_logits_t(small, cfg.sigma)
-    return blend_torch(frames, prior, logits + prior, gain, cfg)
+    return blend_torch(frames, prior_logits_t(small, cfg.sigma), logits, gain, cfg)
 
 
 def count_flops(net: ExposureNet, n: int, shape: tuple[int, int]) -> float:
