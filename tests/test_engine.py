@@ -53,6 +53,19 @@ def test_colour_conversions_match_the_iec_curve():
     assert np.abs(back - x).max() < 2e-4
 
 
+def test_integer_output_equals_rounded_float_output():
+    frames = bracket(3)
+    cfg = BlendConfig()
+    shape = work_shape(*frames[0].shape[:2], cfg.work_size)
+    prior = prior_logits(_reduce(frames, shape), cfg.sigma)
+    gain = np.zeros(shape, np.float32)
+    f = blend(frames, prior, prior, gain, cfg)
+    for bits, peak, dtype in ((8, 255, np.uint8), (16, 65535, np.uint16)):
+        q = blend(frames, prior, prior, gain, cfg, out_bits=bits)
+        assert q.dtype == dtype
+        assert np.abs(q.astype(np.float64) - np.round(f * peak)).max() <= 1
+
+
 def test_numpy_blend_equals_torch_blend():
     frames = bracket(3)
     cfg = BlendConfig()

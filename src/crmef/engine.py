@@ -10,20 +10,22 @@ How one output pixel is made (``frames`` sorted dark to bright, RGB in [0, 1]):
 1. **Work resolution.** Every frame is reduced to ``work_size`` pixels on its long side (area
    average). The exposure network (:class:`crmef.nets.exposure.ExposureNet`, exported to ONNX)
    sees the N reduced frames at once (shared weights per frame, a cross-frame mean for context)
-   and returns, per frame, a logit map added to the well-exposedness prior
-   ``-(g - 0.5)² / (2σ²)`` of its grey ``g``, and one log2-gain map. Cost: constant in the image
+   and returns per frame a tone logit map and one log2-gain map. Cost: constant in the image
    size, linear in N.
-2. **Weights.** ``softmax`` over the frames, a Gaussian blur (``smooth`` px at work resolution),
-   bilinear up-sampling to full resolution: the smooth per-frame weights ``s_i`` (the tone
-   decision). The pyramid weights are ``s_i · (|∇²g_i| + ε)^c``, normalised over the frames
-   (Mertens's contrast measure, so fine structure comes from the frame that holds it).
-3. **Structure.** A Laplacian-pyramid blend of the frames' grey images (MATLAB ``rgb2gray``, as
-   MEF-SSIM sees them) with those weights: the output's grey ``Y``.
-4. **Colour.** A linear-light mix of the sources with the smooth weights, ``M = Σ s_i lin(I_i)``,
-   scaled per pixel to the target luminance: ``out = M · 2^gain · lin(Y) / ⟨w, M⟩``. Every output
-   pixel is a positive multiple of a positive mix of its sources in linear light, so its
-   chromaticity lies in the convex hull of theirs: the engine cannot invent colour. A pixel
-   whose largest channel would pass 1 is scaled down as a whole (its hue kept).
+2. **Weights.** Per level k of a full-depth Laplacian pyramid, frame i weighs
+   ``s_i · G_k((|∇²g_i| + ε)^c)`` normalised over the frames (Mertens's contrast measure on the
+   grey ``g_i``, so fine structure comes from the frame that holds it). ``s_i`` is a smooth map
+   (softmax over frames, Gaussian blur, bilinear up-sampling): for the finest ``detail_levels``
+   levels the well-exposedness prior ``-(g - 0.5)² / (2σ²)`` (structure by construction), for
+   the coarser levels the network's tone logits (tone, down to the global average).
+3. **Structure.** The pyramid blend of the frames' grey images (MATLAB ``rgb2gray``, as
+   MEF-SSIM sees them): the output's grey ``Y``.
+4. **Colour.** A linear-light mix of the sources with the network's smooth weights,
+   ``M = Σ s_i lin(I_i)``, scaled per pixel to the target luminance
+   ``out = M · 2^gain · lin(Y) / ⟨w, M⟩``. Every output pixel is a positive multiple of a positive
+   mix of its sources in linear light, so its chromaticity lies in the convex hull of theirs:
+   the engine cannot invent colour. A pixel whose largest channel would pass 1 is scaled down
+   as a whole (its hue kept).
 
 The arrays are float32 throughout; a 12 MP pair needs about 1 GB.
 """
@@ -96,12 +98,14 @@ def work_shape(h: int, w: int, work_size: int) -> tuple[int, int]:
 
 # ------------------------------------------------------------------------------- colour
 
-_TO_LIN = np.where(
-    (t := np.arange(65536, dtype=np.float64) / 65535) <= 0.04045, t / 12.92, ((t + 0.055) / 1.055) ** 2.4
-).astype(np.float32)
+_T = np.arange(65536, dtype=np.float64) / 65535
+_TO_LIN = np.where(_T <= 0.04045, _T / 12.92, ((_T + 0.055) / 1.055) ** 2.4).astype(np.float32)
 _TO_LIN_8 = _TO_LIN[np.arange(256) * 257]
 _SQ = (np.arange(65536, dtype=np.float64) / 65535) ** 2
 _TO_SRGB = np.where(_SQ <= 0.0031308, 12.92 * _SQ, 1.055 * _SQ ** (1 / 2.4) - 0.055).astype(np.float32)
+_TO_CODE16 = np.round(_TO_SRGB.astype(np.float64) * 65535.0).astype(np.uint16)  # index: sqrt(linear)
+_TO_CODE8 = np.round(np.where(_T <= 0.0031308, 12.92 * _T, 1.055 * _T ** (1 / 2.4) - 0.055) * 255.0).astype(np.uint8)
+"""sRGB 8-bit codes by linear value (index = linear · 65535; every code spans ≥ 10 entries)."""
 
 
 def srgb_to_linear(x: np.ndarray) -> np.ndarray:
@@ -124,6 +128,24 @@ def linear_to_srgb(x: np.ndarray) -> np.ndarray:
     r *= 65535.0
     r += 0.5
     return _TO_SRGB[r.astype(np.uint16)]
+
+
+def encode(x: np.ndarray, bits: int | None) -> np.ndarray:
+    """Linear values in [0, 1] to sRGB: float32 in [0, 1] (``bits=None``) or uint8 / uint16 codes,
+    rounded, in one table look-up (what :func:`crmef.imageio.write_image` writes as is)."""
+    if bits is None:
+        return linear_to_srgb(x)
+    if bits == 8:
+        q = np.clip(x, 0.0, 1.0, out=x)
+        q *= 65535.0
+        q += 0.5
+        return _TO_CODE8[q.astype(np.uint16)]
+    if bits == 16:
+        r = cv2.sqrt(np.clip(x, 0.0, 1.0, out=x))
+        r *= 65535.0
+        r += 0.5
+        return _TO_CODE16[r.astype(np.uint16)]
+    raise InputError(f"bits must be 8 or 16, got {bits}")
 
 
 def gray(img: np.ndarray) -> np.ndarray:
@@ -199,7 +221,7 @@ def _normalised(ws: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def blend(frames: Sequence[np.ndarray], detail_logits: np.ndarray, tone_logits: np.ndarray, log_gain: np.ndarray,
-          cfg: BlendConfig) -> np.ndarray:
+          cfg: BlendConfig, out_bits: int | None = None) -> np.ndarray:
     """Fuse full-resolution frames with work-resolution logits and gain (steps 2–4 above).
 
     The pyramid weights of frame i at level k are ``s_i · G_k(c_i)`` normalised over the frames,
@@ -215,9 +237,11 @@ def blend(frames: Sequence[np.ndarray], detail_logits: np.ndarray, tone_logits: 
             network's, prior included).
         log_gain: (h, w) float32 log2-gain at work resolution (already bounded).
         cfg: the blend settings.
+        out_bits: None: float32 output; 8 or 16: sRGB codes of that depth (saves the writer's
+            conversion passes).
 
     Returns:
-        float32 (H, W, 3) RGB in [0, 1].
+        (H, W, 3) RGB: float32 in [0, 1], or uint8 / uint16 codes.
     """
     h_full, w_full = frames[0].shape[:2]
     size = (w_full, h_full)
@@ -266,12 +290,16 @@ def blend(frames: Sequence[np.ndarray], detail_logits: np.ndarray, tone_logits: 
     del out_pyr
     # Colour: linear-light mix with the smooth weights, scaled to the target luminance. Every
     # step below is one pass over the image; 3-channel temporaries are made in place.
-    mix = np.zeros((h_full, w_full, 3), np.float32)
+    mix: np.ndarray | None = None
     for f, s in zip(frames, sw_tone):
         term = srgb_to_linear(f)
         np.multiply(term, cv2.resize(s, size, interpolation=cv2.INTER_LINEAR)[..., None], out=term)
-        mix += term
+        if mix is None:
+            mix = term
+        else:
+            mix += term
         del term
+    assert mix is not None
     target = srgb_to_linear(np.clip(y, 0.0, 1.0, out=y))
     target *= cv2.resize(np.exp2(log_gain).astype(np.float32), size, interpolation=cv2.INTER_LINEAR)
     # Scale per pixel: target / grey(mix), capped so the largest channel stays <= 1 (hue kept).
@@ -279,7 +307,7 @@ def blend(frames: Sequence[np.ndarray], detail_logits: np.ndarray, tone_logits: 
     peak = cv2.reduce(mix.reshape(-1, 3), 1, cv2.REDUCE_MAX).reshape(h_full, w_full)
     np.minimum(scale, 1.0 / np.maximum(peak, 1e-6), out=scale)
     np.multiply(mix, scale[..., None], out=mix)
-    return linear_to_srgb(mix)
+    return encode(mix, out_bits)
 
 
 # ------------------------------------------------------------------------------- alignment
@@ -381,8 +409,9 @@ class ExposureModel:
         logits, gain = self.session.run(None, {"frames": small})
         return prior_logits(small, self.cfg.sigma), logits[:, 0], gain[0, 0]
 
-    def __call__(self, frames: Sequence[np.ndarray]) -> np.ndarray:
-        """Fuse N ≥ 2 float32 (H, W, 3) frames of one scene (any order) into one image."""
+    def __call__(self, frames: Sequence[np.ndarray], out_bits: int | None = None) -> np.ndarray:
+        """Fuse N ≥ 2 float32 (H, W, 3) frames of one scene (any order) into one image
+        (float32 in [0, 1], or with ``out_bits`` 8 / 16 sRGB codes)."""
         if len(frames) < 2:
             raise InputError(f"need at least two frames, got {len(frames)}")
         h, w = frames[0].shape[:2]
@@ -394,7 +423,7 @@ class ExposureModel:
         if self.prealign:
             ordered = align_frames(ordered, len(ordered) // 2)
         prior, logits, gain = self.maps(ordered)
-        return blend(ordered, prior, logits, gain, self.cfg)
+        return blend(ordered, prior, logits, gain, self.cfg, out_bits)
 
 
 def check_sizes(frames: Sequence[np.ndarray], names: Sequence[str], resize: bool = False) -> list[np.ndarray]:

@@ -472,9 +472,14 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
 
 
 def to_uint(rgb: np.ndarray, bits: int = 8) -> np.ndarray:
-    """Quantise float RGB in [0, 1] (H, W, 3) to uint8 or uint16 with rounding."""
+    """Quantise float RGB in [0, 1] (H, W, 3) to uint8 or uint16 with rounding; integer codes
+    (uint8 / uint16) pass through or change depth exactly."""
     if bits not in (8, 16):
         raise InputError(f"bits must be 8 or 16, got {bits}")
+    if rgb.dtype == np.uint8:
+        return rgb if bits == 8 else rgb.astype(np.uint16) * np.uint16(257)
+    if rgb.dtype == np.uint16:
+        return rgb if bits == 16 else ((rgb.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
     peak = 255.0 if bits == 8 else 65535.0
     dtype = np.uint8 if bits == 8 else np.uint16
     return np.round(np.clip(rgb, 0.0, 1.0) * peak).astype(dtype)
@@ -504,7 +509,8 @@ def write_image(
     exif: bytes | None = None,
     icc: bytes | None = None,
 ) -> Path:
-    """Write float RGB (H, W, 3) in [0, 1] atomically; the format follows the suffix.
+    """Write RGB (H, W, 3) atomically: float in [0, 1], or uint8 / uint16 codes; the format
+    follows the suffix.
 
     JPEG (and BMP/WebP) are always 8-bit; PNG and TIFF keep 16 bits when ``bits=16``. ``exif``
     and ``icc`` are embedded where the format allows (table in the module docstring).

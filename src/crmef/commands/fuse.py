@@ -76,8 +76,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-Fuser = Callable[[list["LoadedImage"], list[str]], Any]
-"""``fuser(frames, names) -> fused`` float32 (H, W, 3): one scene's checked frames, fused."""
+Fuser = Callable[[list["LoadedImage"], list[str], "int | None"], Any]
+"""``fuser(frames, names, out_bits) -> fused`` (H, W, 3): one scene's checked frames, fused
+(float32 in [0, 1], or sRGB codes of ``out_bits``)."""
 
 
 def make_fuser(args: argparse.Namespace) -> Fuser:
@@ -90,12 +91,12 @@ def make_fuser(args: argparse.Namespace) -> Fuser:
 
         model = ExposureModel.from_card(card)
 
-        def engine(frames: list[LoadedImage], names: list[str]) -> Any:
+        def engine(frames: list[LoadedImage], names: list[str], out_bits: int | None = None) -> Any:
             arrays = check_sizes([f.rgb for f in frames], names, resize=args.resize)
             used, skipped = select_frames(arrays, extremes=args.extremes)
             for i in skipped:
                 print(f"crmef fuse: skipped {names[i]} (nearly all black or all white)", file=sys.stderr)
-            return model([arrays[i] for i in used])
+            return model([arrays[i] for i in used], out_bits=out_bits)
 
         return engine
 
@@ -107,7 +108,7 @@ def make_fuser(args: argparse.Namespace) -> Fuser:
     device = get_device(args.device)
     net = get_model(args.model, device)
 
-    def paper(frames: list[LoadedImage], names: list[str]) -> Any:
+    def paper(frames: list[LoadedImage], names: list[str], out_bits: int | None = None) -> Any:
         with quiet_decoders():  # ordering reads EXIF again: keep codec chatter off stderr
             order = order_files([f.path for f in frames])
         index = {f.path: i for i, f in enumerate(frames)}
@@ -208,9 +209,11 @@ def fuse_files(paths: list[Path], output: Path, fuser: Fuser, bits: int | None, 
     if loaded is None:
         loaded = check_inputs(paths, output)  # clear per-file errors first
     frames = [loaded[p] for p in paths]
-    result = fuser(frames, [str(p) for p in paths])
-    meta = next((f for f in frames if f.exif or f.icc), frames[0])
     out_bits = bits or max(f.bits for f in frames)
+    if output.suffix.lower() in (".jpg", ".jpeg", ".webp", ".bmp"):
+        out_bits = 8
+    result = fuser(frames, [str(p) for p in paths], out_bits)
+    meta = next((f for f in frames if f.exif or f.icc), frames[0])
     check_paths(paths, output)  # still not an input (a link may have been made meanwhile)
     return write_image(output, result, bits=out_bits, quality=quality, exif=meta.exif, icc=meta.icc)
 
