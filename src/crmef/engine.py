@@ -22,7 +22,8 @@ How one output pixel is made (``frames`` sorted dark to bright, RGB in [0, 1]):
    MEF-SSIM sees them): the output's grey ``Y``.
 4. **Colour.** A linear-light mix of the sources with the network's smooth weights,
    ``M = Σ s_i lin(I_i)``, scaled per pixel to the target luminance
-   ``out = M · 2^gain · lin(Y) / ⟨w, M⟩``. Every output pixel is a positive multiple of a positive
+   ``out = M · 2^gain · lin(Y) / Σ s_i lin(g_i)`` (the denominator is the mix's luminance as the
+   grey sees it, exact for a single source however saturated). Every output pixel is a positive multiple of a positive
    mix of its sources in linear light, so its chromaticity lies in the convex hull of theirs:
    the engine cannot invent colour. A pixel whose largest channel would pass 1 is scaled down
    as a whole (its hue kept).
@@ -209,6 +210,17 @@ def smooth_weights(logits: np.ndarray, smooth: float) -> np.ndarray:
     return e.astype(np.float32)
 
 
+def _upsampled(weights: np.ndarray, size: tuple[int, int]) -> list[np.ndarray]:
+    """Bilinear up-sampling of (N, h, w) weights that sum to 1 over the frames: N - 1 resizes,
+    the last map is 1 minus the others (bilinear interpolation keeps the sum)."""
+    ups = [cv2.resize(w, size, interpolation=cv2.INTER_LINEAR) for w in weights[:-1]]
+    last = np.ones(ups[0].shape if ups else size[::-1], np.float32)
+    for u in ups:
+        last -= u
+    np.maximum(last, 0.0, out=last)
+    return [*ups, last]
+
+
 def _normalised(ws: list[np.ndarray]) -> list[np.ndarray]:
     """Maps divided by their sum over the frames (in place)."""
     total = ws[0].copy()
@@ -251,13 +263,19 @@ def blend(frames: Sequence[np.ndarray], detail_logits: np.ndarray, tone_logits: 
     sw_detail = smooth_weights(detail_logits, cfg.smooth) if split else sw_tone
     # Grey Laplacian pyramids, and the contrast measure's Gaussian pyramid down to the split.
     laps, cons_split, wd = [], [], []
-    for f, sd in zip(frames, sw_detail):
+    sd_full = _upsampled(sw_detail, size) if split else [None] * len(frames)
+    st_full = _upsampled(sw_tone, size)
+    # The mix's luminance as the grey sees it: Σ s_i lin(g_i) (exact for one source, however
+    # saturated; lin(grey(M)) would darken saturated colours against the target).
+    lum = np.zeros((h_full, w_full), np.float32)
+    for f, sd, st in zip(frames, sd_full, st_full):
         g = gray(f)
+        lum += srgb_to_linear(g) * st
         con = np.abs(cv2.Laplacian(g, cv2.CV_32F, ksize=1))
         con += 1e-3
         con = cv2.pow(con, cfg.contrast) if cfg.contrast != 1 else con
         if split:
-            wd.append(cv2.multiply(con, cv2.resize(sd, size, interpolation=cv2.INTER_LINEAR)))
+            wd.append(cv2.multiply(con, sd))
         for _ in range(split):
             con = cv2.pyrDown(con)
         cons_split.append(con)
@@ -268,6 +286,7 @@ def blend(frames: Sequence[np.ndarray], detail_logits: np.ndarray, tone_logits: 
             cur = down
         lap.append(cur)
         laps.append(lap)
+    del sd_full
     hs, ws_ = cons_split[0].shape
     wt = _normalised([cv2.multiply(c, cv2.resize(s, (ws_, hs), interpolation=cv2.INTER_LINEAR))
                       for c, s in zip(cons_split, sw_tone)])
@@ -291,9 +310,9 @@ def blend(frames: Sequence[np.ndarray], detail_logits: np.ndarray, tone_logits: 
     # Colour: linear-light mix with the smooth weights, scaled to the target luminance. Every
     # step below is one pass over the image; 3-channel temporaries are made in place.
     mix: np.ndarray | None = None
-    for f, s in zip(frames, sw_tone):
+    for f, s in zip(frames, st_full):
         term = srgb_to_linear(f)
-        np.multiply(term, cv2.resize(s, size, interpolation=cv2.INTER_LINEAR)[..., None], out=term)
+        np.multiply(term, s[..., None], out=term)
         if mix is None:
             mix = term
         else:
@@ -303,7 +322,7 @@ def blend(frames: Sequence[np.ndarray], detail_logits: np.ndarray, tone_logits: 
     target = srgb_to_linear(np.clip(y, 0.0, 1.0, out=y))
     target *= cv2.resize(np.exp2(log_gain).astype(np.float32), size, interpolation=cv2.INTER_LINEAR)
     # Scale per pixel: target / grey(mix), capped so the largest channel stays <= 1 (hue kept).
-    scale = target / np.maximum(gray(mix), 1e-6)
+    scale = target / np.maximum(lum, 1e-6)
     peak = cv2.reduce(mix.reshape(-1, 3), 1, cv2.REDUCE_MAX).reshape(h_full, w_full)
     np.minimum(scale, 1.0 / np.maximum(peak, 1e-6), out=scale)
     np.multiply(mix, scale[..., None], out=mix)

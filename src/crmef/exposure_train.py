@@ -312,7 +312,8 @@ def ship(run_dir: Path, weights_dir: Path | None = None) -> list[Path]:
     search_summary = run_dir.parent / "exp_search" / "summary.json"
     if search_summary.is_file():
         s = json.loads(search_summary.read_text())
-        search = {k: s.get(k) for k in ("genotype", "derived_ms", "alphas", "candidates", "steps", "seconds")}
+        search = {k: s.get(k) for k in ("genotype", "derived_ms", "alphas", "candidates", "steps", "seconds",
+                                         "overrides")}
         search["eta"] = s["config"]["eta"]
     out = []
     for name, prealign in (("general", None), ("aligned", "flow")):
@@ -335,8 +336,8 @@ def ship(run_dir: Path, weights_dir: Path | None = None) -> list[Path]:
                 "seconds": summary["seconds"],
                 "search": search,
                 "commands": [
-                    "python -m crmef.exposure_train search --out runs/exp_search " + " ".join(
-                        f"--set {k}" for k in ("steps=60", "batch=2", "warmup=15", "arch_lr=0.01")),
+                    "python -m crmef.exposure_train search --out runs/exp_search "
+                    + " ".join(f"--set {k}" for k in search.get("overrides", [])),
                     "python -m crmef.exposure_train train --genotype runs/exp_search/genotype.json "
                     "--out runs/exp_train " + " ".join(f"--set {k}" for k in summary.get("overrides", [])),
                     "python -m crmef.exposure_train ship runs/exp_train",

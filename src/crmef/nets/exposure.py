@@ -232,7 +232,8 @@ def blend_torch(frames: Tensor, detail_logits: Tensor, tone_logits: Tensor, log_
     mix = (srgb_to_linear_t(frames) * up).sum(0, keepdim=True)  # (1, 3, H, W)
     gain = F.interpolate(torch.exp2(log_gain), size=(hh, ww), mode="bilinear", align_corners=False)
     target = srgb_to_linear_t(y.clamp(0, 1)) * gain
-    out = mix * (target / gray_t(mix).clamp(min=1e-6))
+    lum = (srgb_to_linear_t(g) * up).sum(0, keepdim=True)  # Σ s_i lin(g_i), as in the engine
+    out = mix * (target / lum.clamp(min=1e-6))
     peak = out.amax(dim=1, keepdim=True).clamp(min=1.0)
     return linear_to_srgb_t(out / peak)
 
