@@ -143,6 +143,39 @@ def test_unusable_frames_are_skipped():
     assert select_frames(all_, extremes=True)[0] == [2, 4]
 
 
+def test_all_clipped_frames_are_an_error(tmp_path, capsys):
+    from crmef.cli import main
+    from crmef.errors import InputError
+    from crmef.imageio import write_image
+
+    frames = [np.zeros((40, 48, 3), np.float32), np.ones((40, 48, 3), np.float32)]
+    with pytest.raises(InputError, match="nearly all black or all white"):
+        select_frames(frames)
+    paths = [tmp_path / "a.png", tmp_path / "b.png"]
+    for p, f in zip(paths, frames):
+        write_image(p, f)
+    out = tmp_path / "out.png"
+    assert main(["fuse", *map(str, paths), "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "a.png" in err[0] and "nothing to fuse" in err[0]
+    assert not out.exists()
+
+
+def test_frames_of_different_sizes_are_an_error(tmp_path, capsys):
+    from crmef.cli import main
+    from crmef.imageio import write_image
+
+    a, b = bracket(2)
+    write_image(tmp_path / "a.png", a)
+    write_image(tmp_path / "b.png", b[:80])
+    out = tmp_path / "out.png"
+    assert main(["fuse", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "b.png" in err[0] and "same size" in err[0]
+    assert not out.exists()
+    assert main(["fuse", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(out), "--resize"]) == 0
+
+
 def test_shipped_models_load_and_fuse():
     for name in ("general", "aligned"):
         model = load_engine(name)

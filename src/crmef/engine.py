@@ -169,8 +169,11 @@ def usable_frames(frames: Sequence[np.ndarray], clip_fraction: float = USABLE_CL
             253/255) holds nothing the others lack.
 
     Returns:
-        The indices kept. When fewer than two frames are usable, the darkest and brightest
-        frames' indices (by mean grey) are returned, so any bracket still fuses.
+        The indices kept. When exactly one frame is usable, the darkest and brightest frames'
+        indices (by mean grey) are returned, so a bracket with one good frame still fuses.
+
+    Raises:
+        InputError: no frame is usable (every one nearly all black or all white).
     """
     keep, means = [], []
     for i, f in enumerate(frames):
@@ -181,6 +184,9 @@ def usable_frames(frames: Sequence[np.ndarray], clip_fraction: float = USABLE_CL
             keep.append(i)
     if len(keep) >= 2:
         return keep
+    if not keep:
+        raise InputError(f"every frame is nearly all black or all white (at least {clip_fraction:.0%} of "
+                         "its pixels clipped): nothing to fuse")
     order = sorted(range(len(frames)), key=lambda i: means[i])
     return sorted({order[0], order[-1]})
 

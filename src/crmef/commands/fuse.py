@@ -93,7 +93,10 @@ def make_fuser(args: argparse.Namespace) -> Fuser:
 
         def engine(frames: list[LoadedImage], names: list[str], out_bits: int | None = None) -> Any:
             arrays = check_sizes([f.rgb for f in frames], names, resize=args.resize)
-            used, skipped = select_frames(arrays, extremes=args.extremes)
+            try:
+                used, skipped = select_frames(arrays, extremes=args.extremes)
+            except InputError as exc:
+                raise InputError(f"{', '.join(names)}: {exc}") from None
             for i in skipped:
                 print(f"crmef fuse: skipped {names[i]} (nearly all black or all white)", file=sys.stderr)
             return model([arrays[i] for i in used], out_bits=out_bits)
