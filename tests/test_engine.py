@@ -21,7 +21,7 @@ from crmef.engine import (
     srgb_to_linear,
     usable_frames,
     work_shape,
-    _reduce,
+    reduce_frames,
 )
 from crmef.metrics.chroma import chroma_hull
 from crmef.nets.exposure import ExposureNet, blend_torch, export_onnx, fuse_torch
@@ -57,7 +57,7 @@ def test_integer_output_equals_rounded_float_output():
     frames = bracket(3)
     cfg = BlendConfig()
     shape = work_shape(*frames[0].shape[:2], cfg.work_size)
-    prior = prior_logits(_reduce(frames, shape), cfg.sigma)
+    prior = prior_logits(reduce_frames(frames, shape), cfg.sigma)
     gain = np.zeros(shape, np.float32)
     f = blend(frames, prior, prior, gain, cfg)
     for bits, peak, dtype in ((8, 255, np.uint8), (16, 65535, np.uint16)):
@@ -70,7 +70,7 @@ def test_numpy_blend_equals_torch_blend():
     frames = bracket(3)
     cfg = BlendConfig()
     shape = work_shape(*frames[0].shape[:2], cfg.work_size)
-    small = _reduce(frames, shape)
+    small = reduce_frames(frames, shape)
     rng = np.random.default_rng(1)
     prior = prior_logits(small, cfg.sigma)
     logits = (prior + rng.normal(0, 0.5, (3, *shape))).astype(np.float32)
@@ -89,7 +89,7 @@ def test_output_colour_comes_from_the_sources():
     frames = bracket(3)
     cfg = BlendConfig()
     shape = work_shape(*frames[0].shape[:2], cfg.work_size)
-    small = _reduce(frames, shape)
+    small = reduce_frames(frames, shape)
     gain = np.full(shape, 0.8, np.float32)  # even a strong gain keeps the hue
     prior = prior_logits(small, cfg.sigma)
     out = blend(frames, prior, prior, gain, cfg)
@@ -111,7 +111,7 @@ def onnx_model(tmp_path_factory) -> tuple[ExposureNet, ExposureModel]:
 def test_onnx_engine_equals_torch(onnx_model):
     net, model = onnx_model
     frames = bracket(4, 128, 192)
-    small = _reduce(frames, work_shape(128, 192, 256))
+    small = reduce_frames(frames, work_shape(128, 192, 256))
     logits, gain = model.session.run(None, {"frames": small})  # the network's part, without the prior
     with torch.no_grad():
         tl, tg = net(torch.from_numpy(small))

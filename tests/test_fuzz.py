@@ -52,23 +52,8 @@ REAL_JPEG = Path("sequences/forth/Knossos1/DSC_0715.jpg")
 H, W = 24, 40
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _tiny_model(tmp_path_factory) -> None:
-    """A tiny FusionNet for the runs that fuse (the checks under test come before any model)."""
-    import torch
-
-    from crmef.models import save_model
-    from crmef.nets import FusionNet
-    from crmef.space import get_preset
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    save_model(FusionNet.from_genotype(get_preset("general"), channels=4), path, {"name": "tiny"})
-    RUN[:] = ["--model", str(path), "--device", "cpu"]
-
-
 RUN: list[str] = []
-"""Options of every ``crmef fuse`` run here (set by the fixture above)."""
+"""Options of every ``crmef fuse`` run here: none, the default model (the engine) is what users run."""
 
 
 # --------------------------------------------------------------------------- seeds

@@ -194,7 +194,7 @@ def usable_frames(frames: Sequence[np.ndarray], clip_fraction: float = USABLE_CL
 # ------------------------------------------------------------------------------- the blend
 
 
-def _reduce(frames: Sequence[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
+def reduce_frames(frames: Sequence[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
     """(N, 3, h, w) float32 stack of the frames reduced by area averaging."""
     h, w = shape
     return np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA).transpose(2, 0, 1) for f in frames])
@@ -430,7 +430,7 @@ class ExposureModel:
         """Work-resolution maps of frames sorted dark to bright: the detail levels' prior logits
         and the network's tone logits (N, h, w), and its log2-gain (h, w)."""
         h, w = frames[0].shape[:2]
-        small = _reduce(frames, work_shape(h, w, self.cfg.work_size))
+        small = reduce_frames(frames, work_shape(h, w, self.cfg.work_size))
         logits, gain = self.session.run(None, {"frames": small})
         return prior_logits(small, self.cfg.sigma), logits[:, 0], gain[0, 0]
 

@@ -204,13 +204,11 @@ def data_key(root: str | Path, kind: str, split: str, seed: int, samples: int | 
 
 def _engine_method(spec: str, name: str, card: Path) -> Method:
     """``model:general`` / ``model:aligned`` / ``model:CARD.json``: the default engine, every frame."""
-    import json as _json
-
     from crmef.engine import ExposureModel, select_frames
 
     model = ExposureModel.from_card(card)
     stamp = name
-    for file in (card, card.with_name(_json.loads(card.read_text())["onnx"])):
+    for file in (card, model.path):
         st = file.stat()
         stamp += f":{file.resolve()}:{st.st_mtime_ns}:{st.st_size}"
 
