@@ -312,19 +312,20 @@ def test_batch_bad_scenes_do_not_stop_the_others(tmp_path, capfd, monkeypatch):
     _frames(root / "crash", w=41)
     before = _sums(root)
 
-    import crmef.inference as inference
+    import crmef.engine as engine
 
-    real = inference.fuse_ordered
+    real = engine.blend
 
-    def crash_on_41(net, frames, cfg, device):
+    def crash_on_41(frames, *args, **kwargs):
         if frames[0].shape[1] == 41:
             raise RuntimeError("engine bug")
-        return real(net, frames, cfg, device)
+        return real(frames, *args, **kwargs)
 
-    monkeypatch.setattr(inference, "fuse_ordered", crash_on_41)
+    monkeypatch.setattr(engine, "blend", crash_on_41)
     out = tmp_path / "out"
     capfd.readouterr()
-    assert main(["fuse", "--batch", str(root), "-o", str(out), *RUN]) == 1
+    # in-process (--jobs 1) so that the patched engine is the one that runs
+    assert main(["fuse", "--batch", str(root), "-o", str(out), "--jobs", "1", *RUN]) == 1
     err = capfd.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["a.png", "z.png"]  # no partial or temporary file
     assert load_image(out / "z.png").rgb.shape == (24, 40, 3)

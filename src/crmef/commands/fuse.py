@@ -283,7 +283,9 @@ def run_batch(args: argparse.Namespace) -> int:
             skipped += 1
         else:
             todo.append((name, frames, out))
-    # Scenes in parallel for the engine (one thread each); the paper's torch network in-process.
+    # Scenes in parallel for the engine (one thread each; workers are spawned, never forked from
+    # a process whose OpenCV / onnxruntime threads may hold locks); the paper's torch network
+    # in-process.
     jobs = args.jobs or os.cpu_count() or 1
     jobs = max(1, min(jobs, len(todo))) if engine_card(args.model) is not None else 1
     failures: list[str] = []
@@ -299,7 +301,7 @@ def run_batch(args: argparse.Namespace) -> int:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
 
-        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("fork"), initializer=_init_worker,
+        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_init_worker,
                                  initargs=(args, 1)) as pool:
             for name, failure in pool.map(_fuse_scene, *zip(*todo)):
                 if failure:
