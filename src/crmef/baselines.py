@@ -74,7 +74,8 @@ def _gray8(rgb: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8), cv2.COLOR_RGB2GRAY)
 
 
-def align_to(moving: np.ndarray, target: np.ndarray, preset: int = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM) -> np.ndarray:
+def align_to(moving: np.ndarray, target: np.ndarray, preset: int = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
+             max_side: int | None = None) -> np.ndarray:
     """Warp ``moving`` onto ``target`` with DIS optical flow on brightness-normalised grey images.
 
     The exposures differ, so the grey of ``moving`` is first histogram-matched to the grey of
@@ -85,16 +86,26 @@ def align_to(moving: np.ndarray, target: np.ndarray, preset: int = cv2.DISOPTICA
         moving: float32 (H, W, 3) RGB in [0, 1] (e.g. the under-exposed frame).
         target: float32 (H, W, 3) RGB in [0, 1], same size (e.g. the over-exposed frame).
         preset: OpenCV DIS preset.
+        max_side: compute the flow at most this many pixels on the long side (area-reduced
+            grey) and scale it up (the engine's ``aligned`` model: 1600); None: full resolution.
 
     Returns:
         float32 (H, W, 3), ``moving`` resampled on ``target``'s pixel grid.
     """
     moving, target = _check_frames([moving, target], 2)
-    g_target = _gray8(target)
-    g_moving = np.clip(np.round(match_histograms(_gray8(moving), g_target)), 0, 255).astype(np.uint8)
+    h, w = target.shape[:2]
+    s = 1.0 if max_side is None else min(1.0, max_side / max(h, w))
+
+    def grey8(rgb: np.ndarray) -> np.ndarray:
+        return _gray8(rgb if s == 1.0 else cv2.resize(rgb, (max(8, round(w * s)), max(8, round(h * s))),
+                                                      interpolation=cv2.INTER_AREA))
+
+    g_target = grey8(target)
+    g_moving = np.clip(np.round(match_histograms(grey8(moving), g_target)), 0, 255).astype(np.uint8)
     dis = cv2.DISOpticalFlow_create(preset)
     flow = dis.calc(g_target, g_moving, None)
-    h, w = g_target.shape
+    if s < 1.0:
+        flow = cv2.resize(flow, (w, h), interpolation=cv2.INTER_LINEAR) / s
     gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
     return cv2.remap(moving, gx + flow[..., 0], gy + flow[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 

@@ -43,12 +43,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from crmef.data.exposure import BLACK_LEVEL, DEFAULT_CLIP_FRACTION, WHITE_LEVEL
 from crmef.errors import InputError
 
 GRAY = np.array([0.2989, 0.5870, 0.1140], np.float32)
 """MATLAB ``rgb2gray`` weights (R, G, B): the grey MEF-SSIM and the blend use."""
-USABLE_CLIP = 0.95
-"""A frame whose pixels are this fraction (or more) below 2/255 or above 253/255 is skipped."""
 MIN_SIDE = 16
 """Shortest image side (pixels) the engine accepts."""
 
@@ -101,8 +100,7 @@ def work_shape(h: int, w: int, work_size: int) -> tuple[int, int]:
 
 _T = np.arange(65536, dtype=np.float64) / 65535
 _TO_LIN = np.where(_T <= 0.04045, _T / 12.92, ((_T + 0.055) / 1.055) ** 2.4).astype(np.float32)
-_TO_LIN_8 = _TO_LIN[np.arange(256) * 257]
-_SQ = (np.arange(65536, dtype=np.float64) / 65535) ** 2
+_SQ = _T**2
 _TO_SRGB = np.where(_SQ <= 0.0031308, 12.92 * _SQ, 1.055 * _SQ ** (1 / 2.4) - 0.055).astype(np.float32)
 _TO_CODE16 = np.round(_TO_SRGB.astype(np.float64) * 65535.0).astype(np.uint16)  # index: sqrt(linear)
 _TO_CODE8 = np.round(np.where(_T <= 0.0031308, 12.92 * _T, 1.055 * _T ** (1 / 2.4) - 0.055) * 255.0).astype(np.uint8)
@@ -110,17 +108,11 @@ _TO_CODE8 = np.round(np.where(_T <= 0.0031308, 12.92 * _T, 1.055 * _T ** (1 / 2.
 
 
 def srgb_to_linear(x: np.ndarray) -> np.ndarray:
-    """IEC 61966-2-1 decoding of sRGB values in [0, 1] (16-bit look-up table), float32, same shape.
-
-    Values that are exact multiples of 1/255 (8-bit sources) take OpenCV's 8-bit table look-up
-    (a tenth of the time); others the 16-bit table, exact to 1/65535 of the input.
-    """
-    q8 = cv2.convertScaleAbs(x, alpha=255.0)  # rounds and saturates to uint8
-    rows = slice(None, None, max(1, x.shape[0] // 64))  # a sample of rows decides
-    if np.array_equal(q8[rows], x[rows] * 255.0):
-        return cv2.LUT(q8, _TO_LIN_8)
-    q = (np.clip(x, 0.0, 1.0) * 65535.0 + 0.5).astype(np.uint16)
-    return _TO_LIN[q]
+    """IEC 61966-2-1 decoding of sRGB values in [0, 1] by a 16-bit look-up table, float32, same
+    shape (exact for 8- and 16-bit sources: k/255 is entry 257·k)."""
+    q = np.clip(x, 0.0, 1.0) * 65535.0
+    q += 0.5
+    return _TO_LIN[q.astype(np.uint16)]
 
 
 def linear_to_srgb(x: np.ndarray) -> np.ndarray:
@@ -160,35 +152,47 @@ def gray(img: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------------- frames
 
 
-def usable_frames(frames: Sequence[np.ndarray], clip_fraction: float = USABLE_CLIP) -> list[int]:
-    """Indices of the frames that are not nearly all black or all white (order kept).
+def frame_means(frames: Sequence[np.ndarray]) -> tuple[list[float], list[bool]]:
+    """Mean grey and usability of each frame, from one 64×64 reduction per frame.
 
-    Args:
-        frames: (H, W, 3) float32 RGB in [0, 1].
-        clip_fraction: a frame with at least this fraction of its grey below 2/255 (or above
-            253/255) holds nothing the others lack.
-
-    Returns:
-        The indices kept. When exactly one frame is usable, the darkest and brightest frames'
-        indices (by mean grey) are returned, so a bracket with one good frame still fuses.
-
-    Raises:
-        InputError: no frame is usable (every one nearly all black or all white).
+    A frame is usable unless at least ``DEFAULT_CLIP_FRACTION`` of its grey is at or below
+    ``BLACK_LEVEL`` or at or above ``WHITE_LEVEL`` (:mod:`crmef.data.exposure`'s rule for files:
+    nearly all black or all white, it holds nothing the others lack).
     """
-    keep, means = [], []
-    for i, f in enumerate(frames):
+    means, usable = [], []
+    for f in frames:
         small = cv2.resize(f, (64, 64), interpolation=cv2.INTER_AREA) if min(f.shape[:2]) > 64 else f
         g = gray(small)
         means.append(float(g.mean()))
-        if (g < 2 / 255).mean() < clip_fraction and (g > 253 / 255).mean() < clip_fraction:
-            keep.append(i)
-    if len(keep) >= 2:
-        return keep
-    if not keep:
-        raise InputError(f"every frame is nearly all black or all white (at least {clip_fraction:.0%} of "
-                         "its pixels clipped): nothing to fuse")
+        g8 = cv2.convertScaleAbs(g, alpha=255.0)
+        usable.append(bool((g8 <= BLACK_LEVEL).mean() < DEFAULT_CLIP_FRACTION
+                           and (g8 >= WHITE_LEVEL).mean() < DEFAULT_CLIP_FRACTION))
+    return means, usable
+
+
+def select_frames(frames: Sequence[np.ndarray], extremes: bool = False) -> tuple[list[int], list[int]]:
+    """Which frames to fuse: ``(used, skipped)`` indices into ``frames`` (used: dark to bright).
+
+    Every usable frame (:func:`frame_means`), or with ``extremes`` only the darkest and brightest
+    of them; ``skipped`` are the nearly all-black or all-white frames left out. When exactly one
+    frame is usable, the darkest and brightest frames are used, so a bracket with one good frame
+    still fuses.
+
+    Raises:
+        InputError: no frame is usable.
+    """
+    means, usable = frame_means(frames)
     order = sorted(range(len(frames)), key=lambda i: means[i])
-    return sorted({order[0], order[-1]})
+    keep = [i for i in order if usable[i]]
+    if not keep:
+        raise InputError(f"every frame is nearly all black or all white (at least {DEFAULT_CLIP_FRACTION:.0%} of "
+                         "its pixels clipped): nothing to fuse")
+    if len(keep) == 1:
+        keep = [order[0], order[-1]]
+    skipped = [i for i in range(len(frames)) if i not in keep]
+    if extremes and len(keep) > 2:
+        keep = [keep[0], keep[-1]]
+    return keep, skipped
 
 
 # ------------------------------------------------------------------------------- the blend
@@ -252,7 +256,7 @@ def blend(frames: Sequence[np.ndarray], detail_logits: np.ndarray, tone_logits: 
         frames: N float32 (H, W, 3) RGB in [0, 1], same size.
         detail_logits: (N, h, w) float32 logits of the finest levels (the well-exposedness prior).
         tone_logits: (N, h, w) float32 logits of the coarser levels and of the colour mix (the
-            network's, prior included).
+            network's).
         log_gain: (h, w) float32 log2-gain at work resolution (already bounded).
         cfg: the blend settings.
         out_bits: None: float32 output; 8 or 16: sRGB codes of that depth (saves the writer's
@@ -338,51 +342,17 @@ def blend(frames: Sequence[np.ndarray], detail_logits: np.ndarray, tone_logits: 
 # ------------------------------------------------------------------------------- alignment
 
 
-def _match_gray(moving: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """uint8 grey of ``moving`` with its histogram matched to uint8 grey ``target``."""
-    hm = np.bincount(moving.ravel(), minlength=256).cumsum() / moving.size
-    ht = np.bincount(target.ravel(), minlength=256).cumsum() / target.size
-    lut = np.clip(np.searchsorted(ht, hm), 0, 255).astype(np.uint8)
-    return cv2.LUT(moving, lut)
-
-
 def align_frames(frames: Sequence[np.ndarray], ref: int, max_side: int = 1600) -> list[np.ndarray]:
-    """Warp every frame onto frame ``ref`` (hand-held brackets), once, on the whole image.
-
-    DIS optical flow (OpenCV, preset medium) between histogram-matched grey images, computed at
-    most ``max_side`` px on the long side and scaled up, then a bilinear warp at full resolution
-    (borders replicated).
-
-    Args:
-        frames: N float32 (H, W, 3) RGB in [0, 1], same size.
-        ref: index of the frame every other frame is aligned to (its pixel grid is kept).
-        max_side: long side of the flow computation.
+    """Warp every frame onto frame ``ref`` (hand-held brackets), once, on the whole image, with
+    :func:`crmef.baselines.align_to` (DIS flow on histogram-matched grey, computed at most
+    ``max_side`` px on the long side and scaled up; bilinear warp at full resolution).
 
     Returns:
         The N frames on ``ref``'s grid (``frames[ref]`` itself unchanged).
     """
-    h, w = frames[0].shape[:2]
-    s = min(1.0, max_side / max(h, w))
-    small = (max(8, round(w * s)), max(8, round(h * s)))
+    from crmef.baselines import align_to
 
-    def grey8(f: np.ndarray) -> np.ndarray:
-        g = cv2.resize(gray(f), small, interpolation=cv2.INTER_AREA) if s < 1 else gray(f)
-        return cv2.convertScaleAbs(g, alpha=255.0)
-
-    target = grey8(frames[ref])
-    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
-    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-    out = []
-    for i, f in enumerate(frames):
-        if i == ref:
-            out.append(f)
-            continue
-        flow = dis.calc(target, _match_gray(grey8(f), target), None)
-        if s < 1:
-            flow = cv2.resize(flow, (w, h), interpolation=cv2.INTER_LINEAR) / s
-        out.append(cv2.remap(f, gx + flow[..., 0], gy + flow[..., 1], cv2.INTER_LINEAR,
-                             borderMode=cv2.BORDER_REPLICATE))
-    return out
+    return [f if i == ref else align_to(f, frames[ref], max_side=max_side) for i, f in enumerate(frames)]
 
 
 # ------------------------------------------------------------------------------- the model
@@ -426,11 +396,9 @@ class ExposureModel:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise InputError(f"{card_path}: not a crmef engine model card ({exc})") from None
 
-    def maps(self, frames: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Work-resolution maps of frames sorted dark to bright: the detail levels' prior logits
-        and the network's tone logits (N, h, w), and its log2-gain (h, w)."""
-        h, w = frames[0].shape[:2]
-        small = reduce_frames(frames, work_shape(h, w, self.cfg.work_size))
+    def maps(self, small: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Work-resolution maps of (N, 3, h, w) reduced frames sorted dark to bright: the detail
+        levels' prior logits and the network's tone logits (N, h, w), and its log2-gain (h, w)."""
         logits, gain = self.session.run(None, {"frames": small})
         return prior_logits(small, self.cfg.sigma), logits[:, 0], gain[0, 0]
 
@@ -442,12 +410,14 @@ class ExposureModel:
         h, w = frames[0].shape[:2]
         if min(h, w) < MIN_SIDE:
             raise InputError(f"frames of {w}x{h} are too small: the shortest side must be at least {MIN_SIDE} px")
-        order = sorted(range(len(frames)), key=lambda i: float(gray(cv2.resize(frames[i], (32, 32),
-                                                                            interpolation=cv2.INTER_AREA)).mean()))
-        ordered = [frames[i] for i in order]
-        if self.prealign:
+        shape = work_shape(h, w, self.cfg.work_size)
+        small = reduce_frames(frames, shape)
+        order = np.argsort(np.tensordot(GRAY, small, axes=([0], [1])).mean(axis=(1, 2)), kind="stable")
+        ordered, small = [frames[i] for i in order], small[order]
+        if self.prealign:  # the reduced stack is made again from the aligned frames
             ordered = align_frames(ordered, len(ordered) // 2)
-        prior, logits, gain = self.maps(ordered)
+            small = reduce_frames(ordered, shape)
+        prior, logits, gain = self.maps(small)
         return blend(ordered, prior, logits, gain, self.cfg, out_bits)
 
 
@@ -470,21 +440,6 @@ def check_sizes(frames: Sequence[np.ndarray], names: Sequence[str], resize: bool
             raise InputError(f"{name}: {f.shape[1]}x{f.shape[0]} pixels, but {names[0]} is {w}x{h}; frames of "
                              "one bracket must have the same size (--resize resamples them)")
     return out
-
-
-def select_frames(frames: Sequence[np.ndarray], extremes: bool = False) -> tuple[list[int], list[int]]:
-    """Which frames to fuse: ``(used, skipped)`` indices into ``frames`` (used: dark to bright).
-
-    Every usable frame (:func:`usable_frames`), or with ``extremes`` only the darkest and
-    brightest of them; ``skipped`` are the nearly all-black or all-white frames left out.
-    """
-    means = [float(gray(cv2.resize(f, (32, 32), interpolation=cv2.INTER_AREA)).mean()) for f in frames]
-    keep = usable_frames(frames)
-    keep.sort(key=lambda i: means[i])
-    skipped = sorted(set(range(len(frames))) - set(keep))
-    if extremes and len(keep) > 2:
-        keep = [keep[0], keep[-1]]
-    return keep, skipped
 
 
 def engine_card(model: str | os.PathLike[str]) -> Path | None:

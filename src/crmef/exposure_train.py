@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from crmef.engine import BlendConfig, usable_frames, work_shape
+from crmef.engine import BlendConfig, select_frames, work_shape
 from crmef.nets.exposure import ExposureNet, fuse_torch, gray_t
 from crmef.space import CONV_OPS
 
@@ -111,7 +111,7 @@ def load_scenes(split: str, size: int, hdr_samples: int, seed: int = 0) -> list[
 
 def pick_frames(scene: Scene, rng: random.Random) -> list[np.ndarray]:
     """The frames one training step sees: all usable, the two extremes, or a random subset."""
-    idx = usable_frames(scene.frames)
+    idx, _ = select_frames(scene.frames)
     if len(idx) <= 2:
         return [scene.frames[i] for i in idx]
     r = rng.random()
@@ -181,11 +181,16 @@ def _save(obj: dict, path: Path) -> None:
     tmp.replace(path)
 
 
+def photo_work_shape(blend: BlendConfig) -> tuple[int, int]:
+    """The work-resolution (h, w) of a 3:2 landscape photo: where latency and FLOPs are measured."""
+    return work_shape(2000, 3000, blend.work_size)
+
+
 def latency_table(net: ExposureNet, cfg: ExposureTrainConfig, out: Path, frames: int = 3):
     """The CPU look-up table of every candidate at the work resolution (batch = ``frames``)."""
     from crmef.latency import ensure_table, slot_sigs
 
-    shape = (round(cfg.blend.work_size * 2 / 3 / 2) * 2, cfg.blend.work_size)
+    shape = photo_work_shape(cfg.blend)
     sigs = {s.key: s for _, ch in net.choices() for s in slot_sigs(ch, shape)}
     table = ensure_table(out / "latency.json", list(sigs.values()), "cpu", batch=frames, runs=30, warmup=3,
                          log=lambda t: _log(out, t))
@@ -307,7 +312,7 @@ def ship(run_dir: Path, weights_dir: Path | None = None) -> list[Path]:
     tmp = weights_dir / "exposure.onnx.tmp"
     export_onnx(net, str(tmp))
     tmp.replace(weights_dir / "exposure.onnx")
-    shape = (170, blend.work_size)
+    shape = photo_work_shape(blend)
     search = {}
     search_summary = run_dir.parent / "exp_search" / "summary.json"
     if search_summary.is_file():

@@ -122,8 +122,6 @@ def make_fuser(args: argparse.Namespace) -> Fuser:
     return paper
 
 
-MIN_SIDE = 16
-"""Smallest frame side (pixels) ``crmef fuse`` accepts."""
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -157,8 +155,9 @@ def load_frames(paths: list[Path]) -> dict[Path, LoadedImage]:
 
     Raises:
         InputError: an unreadable file (see :func:`crmef.imageio.load_image`), a frame smaller
-            than :data:`MIN_SIDE` pixels on a side, or two files with identical content.
+            than :data:`crmef.engine.MIN_SIDE` pixels on a side, or two files with identical content.
     """
+    from crmef.engine import MIN_SIDE
     from crmef.imageio import load_image
 
     loaded: dict[Path, LoadedImage] = {}
@@ -179,7 +178,7 @@ def check_inputs(paths: list[Path], output: Path) -> dict[Path, LoadedImage]:
     """Every check a scene's files can fail, before any work; returns the decoded frames.
 
     The output must have an image suffix, not be a folder and not be one of the inputs; there
-    must be two frames or more, no frame given twice, each decodable, at least :data:`MIN_SIDE`
+    must be two frames or more, no frame given twice, each decodable, at least :data:`crmef.engine.MIN_SIDE`
     pixels on a side and different from the others. Imports neither torch nor the model.
 
     Raises:

@@ -23,7 +23,6 @@ equal.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -197,9 +196,11 @@ def blend_torch(frames: Tensor, detail_logits: Tensor, tone_logits: Tensor, log_
     """
     n, _, hh, ww = frames.shape
 
-    def smooth_up(logits: Tensor) -> Tensor:
-        w = gaussian_blur(torch.softmax(logits, dim=0), cfg.smooth)
-        return F.interpolate(w, size=(hh, ww), mode="bilinear", align_corners=False)  # (N, 1, H, W)
+    def smooth(logits: Tensor) -> Tensor:
+        return gaussian_blur(torch.softmax(logits, dim=0), cfg.smooth)  # (N, 1, h, w)
+
+    def resized(w: Tensor, size: tuple[int, int]) -> Tensor:
+        return F.interpolate(w, size=size, mode="bilinear", align_corners=False)
 
     g = gray_t(frames)
     lap_k = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]], dtype=g.dtype, device=g.device)
@@ -210,13 +211,13 @@ def blend_torch(frames: Tensor, detail_logits: Tensor, tone_logits: Tensor, log_
 
     levels = pyramid_levels(hh, ww, cfg.levels_top)
     split = min(cfg.detail_levels, levels)
-    up = smooth_up(tone_logits)  # the colour mix's weights
-    w = normalised(smooth_up(detail_logits) * con) if split else None
+    tone = smooth(tone_logits)
+    up = resized(tone, (hh, ww))  # the colour mix's weights
+    w = normalised(resized(smooth(detail_logits), (hh, ww)) * con) if split else None
     con_s = con
     for _ in range(split):
         con_s = pyr_down(con_s)
-    tone = gaussian_blur(torch.softmax(tone_logits, dim=0), cfg.smooth)
-    wt = normalised(F.interpolate(tone, size=con_s.shape[-2:], mode="bilinear", align_corners=False) * con_s)
+    wt = normalised(resized(tone, tuple(con_s.shape[-2:])) * con_s)
     cur, acc = g, []
     for k in range(levels):
         if k == split:
@@ -270,4 +271,4 @@ def export_onnx(net: ExposureNet, path: str, opset: int = 17) -> None:
         )
 
 
-__all__ = ["export_onnx", "EXPOSURE_SLOTS", "ExposureNet", "blend_torch", "fuse_torch", "count_flops", "math"]
+__all__ = ["export_onnx", "EXPOSURE_SLOTS", "ExposureNet", "blend_torch", "fuse_torch", "count_flops"]
