@@ -421,6 +421,29 @@ class ExposureModel:
         return blend(ordered, prior, logits, gain, self.cfg, out_bits)
 
 
+def fuse_bracket(model: ExposureModel, frames: Sequence[np.ndarray], names: Sequence[str] | None = None,
+                 extremes: bool = False, resize: bool = False, out_bits: int | None = None,
+                 ) -> tuple[np.ndarray, list[int]]:
+    """A bracket as a user gives it (any order, maybe clipped frames) through ``model``.
+
+    Sizes are checked (:func:`check_sizes`), the usable frames chosen (:func:`select_frames`)
+    and fused; the CLI, :func:`crmef.fuse` and ``crmef eval`` all come through here.
+
+    Returns:
+        The fused image (see :meth:`ExposureModel.__call__`) and the indices of the skipped frames.
+
+    Raises:
+        InputError: sizes differ (without ``resize``) or no frame is usable, naming the files.
+    """
+    names = list(names) if names is not None else [f"frame {i + 1}" for i in range(len(frames))]
+    arrays = check_sizes(frames, names, resize=resize)
+    try:
+        used, skipped = select_frames(arrays, extremes=extremes)
+    except InputError as exc:
+        raise InputError(f"{', '.join(names)}: {exc}") from None
+    return model([arrays[i] for i in used], out_bits=out_bits), skipped
+
+
 def check_sizes(frames: Sequence[np.ndarray], names: Sequence[str], resize: bool = False) -> list[np.ndarray]:
     """Frames of one size (the first frame's): an error naming the odd file, or with ``resize``
     the others resampled (area when shrinking, bilinear when growing).

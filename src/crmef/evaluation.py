@@ -204,7 +204,7 @@ def data_key(root: str | Path, kind: str, split: str, seed: int, samples: int | 
 
 def _engine_method(spec: str, name: str, card: Path) -> Method:
     """``model:general`` / ``model:aligned`` / ``model:CARD.json``: the default engine, every frame."""
-    from crmef.engine import ExposureModel, select_frames
+    from crmef.engine import ExposureModel, fuse_bracket
 
     model = ExposureModel.from_card(card)
     stamp = name
@@ -213,8 +213,7 @@ def _engine_method(spec: str, name: str, card: Path) -> Method:
         stamp += f":{file.resolve()}:{st.st_mtime_ns}:{st.st_size}"
 
     def fuse_all(frames: Sequence[np.ndarray], _: str) -> np.ndarray:
-        used, _skipped = select_frames(frames)
-        return np.clip(model([frames[i] for i in used]), 0.0, 1.0)
+        return np.clip(fuse_bracket(model, frames)[0], 0.0, 1.0)
 
     def fuse(under: np.ndarray, over: np.ndarray, n: str) -> np.ndarray:
         return fuse_all([under, over], n)

@@ -542,7 +542,7 @@ def fuse(
     arrays = [read_image(f) if isinstance(f, (str, os.PathLike)) else f for f in images]
     card = None if isinstance(model, FusionNet) else engine_card(model)
     if card is not None:
-        from crmef.engine import select_frames
+        from crmef.engine import fuse_bracket
 
         extremes = bool(options.pop("extremes", False))
         resize = bool(options.pop("resize", False))
@@ -550,8 +550,7 @@ def fuse(
             raise InputError(f"the engine model {model!r} takes no options besides extremes and resize, "
                              f"got {sorted(options) + ([f'mode={mode}'] if mode != 'auto' else [])}")
         frames = check_frames(arrays, names, resize=resize)
-        used, _ = select_frames(frames, extremes=extremes)
-        return _engine(str(card))([frames[i] for i in used])
+        return fuse_bracket(_engine(str(card)), frames, names, extremes=extremes)[0]
     options.pop("extremes", None)
     cfg = FuseConfig(mode=mode, **options)  # type: ignore[arg-type]
     frames = check_frames(arrays, names, resize=cfg.resize)

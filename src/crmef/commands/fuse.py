@@ -87,19 +87,16 @@ def make_fuser(args: argparse.Namespace) -> Fuser:
 
     card = engine_card(args.model)
     if card is not None:
-        from crmef.engine import ExposureModel, check_sizes, select_frames
+        from crmef.engine import ExposureModel, fuse_bracket
 
         model = ExposureModel.from_card(card)
 
         def engine(frames: list[LoadedImage], names: list[str], out_bits: int | None = None) -> Any:
-            arrays = check_sizes([f.rgb for f in frames], names, resize=args.resize)
-            try:
-                used, skipped = select_frames(arrays, extremes=args.extremes)
-            except InputError as exc:
-                raise InputError(f"{', '.join(names)}: {exc}") from None
+            out, skipped = fuse_bracket(model, [f.rgb for f in frames], names, extremes=args.extremes,
+                                        resize=args.resize, out_bits=out_bits)
             for i in skipped:
                 print(f"crmef fuse: skipped {names[i]} (nearly all black or all white)", file=sys.stderr)
-            return model([arrays[i] for i in used], out_bits=out_bits)
+            return out
 
         return engine
 
