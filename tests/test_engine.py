@@ -195,3 +195,53 @@ def test_real_bracket_keeps_source_colour():
     frames = [read_image(p) for p in sorted(folder.iterdir())]
     out = load_engine("general")(frames)
     assert chroma_hull(frames, out) < 1e-3
+
+
+def test_codes_fuse_like_floats():
+    """uint8 / uint16 frames as decoded give the float path's result (no float copy needed)."""
+    frames = bracket(3, 80, 120)
+    cfg = BlendConfig()
+    shape = work_shape(80, 120, cfg.work_size)
+    small = reduce_frames(frames, shape)
+    prior = prior_logits(small, cfg.sigma)
+    gain = np.full(shape, 0.3, np.float32)
+    ref = blend(frames, prior, prior, gain, cfg, out_bits=16).astype(np.float64)
+    for peak, dtype in ((255, np.uint8), (65535, np.uint16)):
+        codes = [np.round(f * peak).astype(dtype) for f in frames]
+        assert np.abs(reduce_frames(codes, shape) - small).max() < 1e-5
+        out = blend(codes, prior, prior, gain, cfg, out_bits=16).astype(np.float64)
+        assert np.abs(out - ref).max() <= 2
+
+
+def test_row_upsampler_equals_cv2_resize():
+    import cv2
+
+    from crmef.engine import RowUpsampler, bands
+
+    m = np.random.default_rng(0).random((17, 26)).astype(np.float32)
+    for size in ((260, 170), (263, 171), (26, 17), (1000, 9)):
+        up = RowUpsampler(m, size)
+        rows = np.concatenate([up.rows(r0, r1) for r0, r1 in bands(size[1], size[0])])
+        assert np.abs(rows - cv2.resize(m, size, interpolation=cv2.INTER_LINEAR)).max() < 1e-6
+
+
+def test_blend_memory_does_not_grow_with_the_frames():
+    """Beyond its inputs the engine holds a few single-channel maps, whatever N (a float copy of
+    each frame alone would be 3 maps per frame)."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    h, w = 600, 900
+    one_map = h * w * 4
+    cfg = BlendConfig()
+    shape = work_shape(h, w, cfg.work_size)
+    peaks = {}
+    for n in (2, 6):
+        frames = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(n)]
+        logits = np.zeros((n, *shape), np.float32)
+        tracemalloc.start()
+        blend(frames, logits, logits, np.zeros(shape, np.float32), cfg, out_bits=8)
+        peaks[n] = tracemalloc.get_traced_memory()[1] / one_map
+        tracemalloc.stop()
+    assert peaks[2] < 8, peaks
+    assert peaks[6] - peaks[2] < 1.5, peaks  # work-resolution maps only

@@ -107,12 +107,22 @@ _TO_CODE8 = np.round(np.where(_T <= 0.0031308, 12.92 * _T, 1.055 * _T ** (1 / 2.
 """sRGB 8-bit codes by linear value (index = linear · 65535; every code spans ≥ 10 entries)."""
 
 
+_LIN8 = _TO_LIN[np.arange(256) * 257].copy()
+"""Linear value of each 8-bit sRGB code (``cv2.LUT`` table)."""
+
+
 def srgb_to_linear(x: np.ndarray) -> np.ndarray:
-    """IEC 61966-2-1 decoding of sRGB values in [0, 1] by a 16-bit look-up table, float32, same
-    shape (exact for 8- and 16-bit sources: k/255 is entry 257·k)."""
-    q = np.clip(x, 0.0, 1.0) * 65535.0
-    q += 0.5
-    return _TO_LIN[q.astype(np.uint16)]
+    """IEC 61966-2-1 decoding of sRGB values in [0, 1] (clipped), float32, same shape.
+
+    ``cv2.pow`` on the power branch (vectorised; a 16-bit table look-up costs 10× more per
+    value), the linear toe below 0.04045 exact.
+    """
+    x = np.clip(x, 0.0, 1.0, dtype=np.float32)
+    t = x + np.float32(0.055)
+    t *= np.float32(1 / 1.055)
+    t = cv2.pow(t.reshape(-1, 1), 2.4).reshape(x.shape)
+    np.multiply(x, np.float32(1 / 12.92), out=t, where=x <= 0.04045)
+    return t
 
 
 def linear_to_srgb(x: np.ndarray) -> np.ndarray:
@@ -149,6 +159,85 @@ def gray(img: np.ndarray) -> np.ndarray:
     return out if out.ndim == 2 else out[..., 0]
 
 
+# ------------------------------------------------------------------------------- sources
+# Frames reach the engine as decoded (uint8 / uint16 sRGB codes) or as float32 in [0, 1]. Every
+# full-resolution pass reads them in bands of rows: no float copy of a whole frame is made, so
+# memory holds the codes, a few single-channel maps and one band's temporaries.
+
+_BAND_BYTES = 1 << 21
+"""Size of one band of float32 RGB rows (2 MiB: stays in cache, allocated once and reused)."""
+FRAME_DTYPES = (np.uint8, np.uint16, np.float32)
+
+
+def code_peak(frame: np.ndarray) -> float:
+    """The value of white in ``frame``: 255 (uint8), 65535 (uint16) or 1 (float32).
+
+    Raises:
+        InputError: any other dtype.
+    """
+    if frame.dtype == np.uint8:
+        return 255.0
+    if frame.dtype == np.uint16:
+        return 65535.0
+    if frame.dtype == np.float32:
+        return 1.0
+    raise InputError(f"frames must be uint8, uint16 or float32 arrays, got {frame.dtype}")
+
+
+def bands(h: int, w: int) -> list[tuple[int, int]]:
+    """Row ranges ``[r0, r1)`` that cover an (h, w) image in bands of about :data:`_BAND_BYTES`
+    of float32 RGB."""
+    step = max(8, _BAND_BYTES // (12 * w))
+    return [(r, min(h, r + step)) for r in range(0, h, step)]
+
+
+def rgb_rows(frame: np.ndarray, r0: int, r1: int) -> np.ndarray:
+    """Rows ``[r0, r1)`` of a frame as float32 sRGB in [0, 1] (a view for float32 frames)."""
+    band = frame[r0:r1]
+    if band.dtype == np.float32:
+        return band
+    out = band.astype(np.float32)
+    out *= np.float32(1.0 / code_peak(frame))
+    return out
+
+
+def linear_rows(frame: np.ndarray, r0: int, r1: int) -> np.ndarray:
+    """Rows ``[r0, r1)`` of a frame in linear light, float32 (a table look-up for codes)."""
+    band = frame[r0:r1]
+    if band.dtype == np.uint8:
+        return cv2.LUT(band, _LIN8)
+    if band.dtype == np.uint16:
+        return _TO_LIN[band]
+    return srgb_to_linear(band)
+
+
+def grey_full(frame: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """MATLAB ``rgb2gray`` of a whole frame, float32 (H, W) in [0, 1], computed band by band
+    (into ``out`` when given)."""
+    h, w = frame.shape[:2]
+    if out is None:
+        out = np.empty((h, w), np.float32)
+    for r0, r1 in bands(h, w):
+        out[r0:r1] = gray(rgb_rows(frame, r0, r1))
+    return out
+
+
+def as_frame(frame: np.ndarray) -> np.ndarray:
+    """A frame in a dtype the engine reads (uint8, uint16, float32; float64 becomes float32),
+    (H, W, 3) RGB.
+
+    Raises:
+        InputError: not an (H, W, 3) array, or another dtype.
+    """
+    frame = np.asarray(frame)
+    if frame.ndim != 3 or frame.shape[2] != 3:
+        raise InputError(f"a frame must be an (H, W, 3) RGB array, got shape {frame.shape}")
+    if frame.dtype == np.float64:
+        frame = frame.astype(np.float32)
+    code_peak(frame)
+    return frame
+
+
 # ------------------------------------------------------------------------------- frames
 
 
@@ -162,7 +251,7 @@ def frame_means(frames: Sequence[np.ndarray]) -> tuple[list[float], list[bool]]:
     means, usable = [], []
     for f in frames:
         small = cv2.resize(f, (64, 64), interpolation=cv2.INTER_AREA) if min(f.shape[:2]) > 64 else f
-        g = gray(small)
+        g = gray(small.astype(np.float32) * np.float32(1.0 / code_peak(f)))
         means.append(float(g.mean()))
         g8 = cv2.convertScaleAbs(g, alpha=255.0)
         usable.append(bool((g8 <= BLACK_LEVEL).mean() < DEFAULT_CLIP_FRACTION
@@ -199,9 +288,20 @@ def select_frames(frames: Sequence[np.ndarray], extremes: bool = False) -> tuple
 
 
 def reduce_frames(frames: Sequence[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
-    """(N, 3, h, w) float32 stack of the frames reduced by area averaging."""
+    """(N, 3, h, w) float32 stack of the frames (any engine dtype) reduced by area averaging.
+
+    Area averaging is separable: each band of rows is reduced across, then the (H, w) result
+    down (equal to one ``cv2.resize(..., INTER_AREA)`` of the float frame).
+    """
     h, w = shape
-    return np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA).transpose(2, 0, 1) for f in frames])
+    out = []
+    for f in frames:
+        hh, ww = f.shape[:2]
+        across = np.empty((hh, w, 3), np.float32)
+        for r0, r1 in bands(hh, ww):
+            across[r0:r1] = cv2.resize(rgb_rows(f, r0, r1), (w, r1 - r0), interpolation=cv2.INTER_AREA)
+        out.append(cv2.resize(across, (w, h), interpolation=cv2.INTER_AREA).transpose(2, 0, 1))
+    return np.stack(out)
 
 
 def prior_logits(small: np.ndarray, sigma: float) -> np.ndarray:
@@ -220,15 +320,38 @@ def smooth_weights(logits: np.ndarray, smooth: float) -> np.ndarray:
     return e.astype(np.float32)
 
 
-def _upsampled(weights: np.ndarray, size: tuple[int, int]) -> list[np.ndarray]:
-    """Bilinear up-sampling of (N, h, w) weights that sum to 1 over the frames: N - 1 resizes,
-    the last map is 1 minus the others (bilinear interpolation keeps the sum)."""
-    ups = [cv2.resize(w, size, interpolation=cv2.INTER_LINEAR) for w in weights[:-1]]
-    last = np.ones(ups[0].shape if ups else size[::-1], np.float32)
-    for u in ups:
-        last -= u
-    np.maximum(last, 0.0, out=last)
-    return [*ups, last]
+class RowUpsampler:
+    """Bilinear up-sampling of an (h, w) float32 map to (H, W), a band of rows at a time.
+
+    Equal (to float rounding) to ``cv2.resize(m, (W, H), interpolation=cv2.INTER_LINEAR)``: the
+    source rows a band needs are resized across, and each output row mixes its two source rows
+    with OpenCV's coordinates (``y = (r + 0.5) · h / H - 0.5``, clamped at the borders). Nothing
+    of full width is kept between bands.
+    """
+
+    def __init__(self, m: np.ndarray, size: tuple[int, int]) -> None:
+        self.m = np.ascontiguousarray(m, dtype=np.float32)
+        self.width, h_out = size
+        h = m.shape[0]
+        fy = (np.arange(h_out, dtype=np.float64) + 0.5) * (h / h_out) - 0.5
+        y0 = np.floor(fy).astype(np.int64)
+        a = (fy - y0).astype(np.float32)
+        a[y0 < 0] = 0.0
+        self.y0 = np.clip(y0, 0, h - 1)
+        self.y1 = np.minimum(self.y0 + 1, h - 1)
+        self.a = a
+
+    def rows(self, r0: int, r1: int) -> np.ndarray:
+        """Rows ``[r0, r1)`` of the up-sampled map, float32 (r1 - r0, W)."""
+        y0, y1 = self.y0[r0:r1], self.y1[r0:r1]
+        first, last = int(y0[0]), int(y1[-1]) + 1
+        across = cv2.resize(self.m[first:last], (self.width, last - first), interpolation=cv2.INTER_LINEAR)
+        lo = across[y0 - first]
+        hi = across[y1 - first]
+        hi -= lo
+        hi *= self.a[r0:r1, None]
+        hi += lo
+        return hi
 
 
 def _normalised(ws: list[np.ndarray]) -> list[np.ndarray]:
@@ -252,8 +375,15 @@ def blend(frames: Sequence[np.ndarray], detail_logits: np.ndarray, tone_logits: 
     reduced with the pyramid; from level ``detail_levels`` on it is the network's smooth weight,
     resized to that level (so the full-resolution passes do not grow with the network's part).
 
+    Memory is bounded whatever N: a first pass over the frames sums the detail weights (one
+    full-resolution map), a second adds each frame's weighted Laplacian pyramid into the
+    output's (one frame's pyramid at a time; its grey and contrast are recomputed from the
+    codes rather than kept), and the colour is made band by band of rows into the output
+    array. Besides the frames and the output, about seven single-channel full-resolution
+    float32 maps are alive at the peak.
+
     Args:
-        frames: N float32 (H, W, 3) RGB in [0, 1], same size.
+        frames: N (H, W, 3) RGB frames of one size: uint8 / uint16 sRGB codes or float32 in [0, 1].
         detail_logits: (N, h, w) float32 logits of the finest levels (the well-exposedness prior).
         tone_logits: (N, h, w) float32 logits of the coarser levels and of the colour mix (the
             network's).
@@ -265,78 +395,111 @@ def blend(frames: Sequence[np.ndarray], detail_logits: np.ndarray, tone_logits: 
     Returns:
         (H, W, 3) RGB: float32 in [0, 1], or uint8 / uint16 codes.
     """
+    frames = [as_frame(f) for f in frames]
     h_full, w_full = frames[0].shape[:2]
     size = (w_full, h_full)
-    sw_tone = smooth_weights(tone_logits, cfg.smooth)
     n_lev = pyramid_levels(h_full, w_full, cfg.levels_top)
     split = min(cfg.detail_levels, n_lev)
+    sw_tone = smooth_weights(tone_logits, cfg.smooth)
     sw_detail = smooth_weights(detail_logits, cfg.smooth) if split else sw_tone
-    # Grey Laplacian pyramids, and the contrast measure's Gaussian pyramid down to the split.
-    laps, cons_split, wd = [], [], []
-    sd_full = _upsampled(sw_detail, size) if split else [None] * len(frames)
-    st_full = _upsampled(sw_tone, size)
-    # The mix's luminance as the grey sees it: Σ s_i lin(g_i) (exact for one source, however
-    # saturated; lin(grey(M)) would darken saturated colours against the target).
-    lum = np.zeros((h_full, w_full), np.float32)
-    for f, sd, st in zip(frames, sd_full, st_full):
-        g = gray(f)
-        lum += srgb_to_linear(g) * st
-        con = np.abs(cv2.Laplacian(g, cv2.CV_32F, ksize=1))
+    g = np.empty((h_full, w_full), np.float32)  # the grey of the frame at hand
+
+    def contrast(f: np.ndarray) -> np.ndarray:
+        """Grey of ``f`` into ``g``; returns its contrast measure (H, W)."""
+        grey_full(f, out=g)
+        con = cv2.Laplacian(g, cv2.CV_32F, ksize=1)
+        np.abs(con, out=con)
         con += 1e-3
-        con = cv2.pow(con, cfg.contrast) if cfg.contrast != 1 else con
+        return cv2.pow(con, cfg.contrast) if cfg.contrast != 1 else con
+
+    def detail_weight(i: int, con: np.ndarray) -> np.ndarray:
+        """``c_i · s_i`` of the detail levels at full resolution (in ``con``)."""
+        con *= cv2.resize(sw_detail[i], size, interpolation=cv2.INTER_LINEAR)
+        return con
+
+    # Pass 1: Σ_i c_i·s_i at full resolution, and each frame's contrast down to the split level.
+    total = np.zeros((h_full, w_full), np.float32) if split else None
+    cons_split = []
+    for i, f in enumerate(frames):
+        con = contrast(f)
         if split:
-            wd.append(cv2.multiply(con, sd))
+            total += detail_weight(i, con.copy())
         for _ in range(split):
             con = cv2.pyrDown(con)
         cons_split.append(con)
-        lap, cur = [], g
-        for _ in range(n_lev):
-            down = cv2.pyrDown(cur)
-            lap.append(cur - cv2.pyrUp(down, dstsize=cur.shape[1::-1]))
-            cur = down
-        lap.append(cur)
-        laps.append(lap)
-    del sd_full
     hs, ws_ = cons_split[0].shape
     wt = _normalised([cv2.multiply(c, cv2.resize(s, (ws_, hs), interpolation=cv2.INTER_LINEAR))
                       for c, s in zip(cons_split, sw_tone)])
-    wd = _normalised(wd) if split else []
+    del cons_split
+    if total is not None:
+        total += 1e-12
+    # Pass 2: each frame's grey Laplacian pyramid, weighted, added into the output pyramid.
     out_pyr: list[np.ndarray] = []
-    for i, lap in enumerate(laps):
-        terms = []
-        w = wd[i] if split else wt[i]
+    for i, f in enumerate(frames):
+        if split:
+            w = detail_weight(i, contrast(f))
+            w /= total
+        else:
+            grey_full(f, out=g)
+            w = wt[i]
+        cur = g
         for k in range(n_lev + 1):
             if k == split:
                 w = wt[i]
-            terms.append(lap[k] * w)
             if k < n_lev:
+                down = cv2.pyrDown(cur)
+                term = cv2.pyrUp(down, dstsize=cur.shape[1::-1])
+                np.subtract(cur, term, out=term)
+                term *= w
+            else:
+                term = cur * w
+            if i == 0:
+                out_pyr.append(term)
+            else:
+                out_pyr[k] += term
+            if k < n_lev:
+                cur = down
                 w = cv2.pyrDown(w)
-        out_pyr = terms if not out_pyr else [a + b for a, b in zip(out_pyr, terms)]
-    del laps, wd, wt
-    y = out_pyr[-1]
-    for k in range(n_lev - 1, -1, -1):
-        y = cv2.pyrUp(y, dstsize=out_pyr[k].shape[1::-1]) + out_pyr[k]
-    del out_pyr
-    # Colour: linear-light mix with the smooth weights, scaled to the target luminance. Every
-    # step below is one pass over the image; 3-channel temporaries are made in place.
-    mix: np.ndarray | None = None
-    for f, s in zip(frames, st_full):
-        term = srgb_to_linear(f)
-        np.multiply(term, s[..., None], out=term)
-        if mix is None:
-            mix = term
-        else:
-            mix += term
-        del term
-    assert mix is not None
-    target = srgb_to_linear(np.clip(y, 0.0, 1.0, out=y))
-    target *= cv2.resize(np.exp2(log_gain).astype(np.float32), size, interpolation=cv2.INTER_LINEAR)
-    # Scale per pixel: target / grey(mix), capped so the largest channel stays <= 1 (hue kept).
-    scale = target / np.maximum(lum, 1e-6)
-    peak = cv2.reduce(mix.reshape(-1, 3), 1, cv2.REDUCE_MAX).reshape(h_full, w_full)
-    np.minimum(scale, 1.0 / np.maximum(peak, 1e-6), out=scale)
-    np.multiply(mix, scale[..., None], out=mix)
-    return encode(mix, out_bits)
+        del cur, w, term
+    del g, total, wt
+    y = out_pyr.pop()
+    while out_pyr:
+        lap = out_pyr.pop()
+        y = cv2.pyrUp(y, dstsize=lap.shape[1::-1])
+        y += lap
+    del lap
+    # Colour, band by band: linear-light mix with the smooth weights, scaled to the target
+    # luminance, capped so the largest channel stays <= 1 (hue kept), encoded.
+    tone_up = [RowUpsampler(m, size) for m in sw_tone]
+    gain_up = RowUpsampler(np.exp2(log_gain).astype(np.float32), size)
+    dtype = {None: np.float32, 8: np.uint8, 16: np.uint16}.get(out_bits)
+    if dtype is None:
+        raise InputError(f"bits must be 8 or 16, got {out_bits}")
+    out = np.empty((h_full, w_full, 3), dtype)
+    for r0, r1 in bands(h_full, w_full):
+        mix = lum = None
+        for f, up in zip(frames, tone_up):
+            s = up.rows(r0, r1)
+            term = linear_rows(f, r0, r1)
+            term *= s[..., None]
+            lg = srgb_to_linear(gray(rgb_rows(f, r0, r1)))
+            lg *= s
+            if mix is None:
+                mix, lum = term, lg
+            else:
+                mix += term
+                lum += lg
+        assert mix is not None and lum is not None
+        scale = srgb_to_linear(y[r0:r1])
+        scale *= gain_up.rows(r0, r1)
+        np.maximum(lum, 1e-6, out=lum)
+        scale /= lum
+        peak = cv2.reduce(mix.reshape(-1, 3), 1, cv2.REDUCE_MAX).reshape(scale.shape)
+        np.maximum(peak, 1e-6, out=peak)
+        np.minimum(scale, 1.0 / peak, out=scale)
+        mix *= scale[..., None]
+        out[r0:r1] = encode(mix, out_bits)
+    return out
 
 
 # ------------------------------------------------------------------------------- alignment
@@ -403,10 +566,12 @@ class ExposureModel:
         return prior_logits(small, self.cfg.sigma), logits[:, 0], gain[0, 0]
 
     def __call__(self, frames: Sequence[np.ndarray], out_bits: int | None = None) -> np.ndarray:
-        """Fuse N ≥ 2 float32 (H, W, 3) frames of one scene (any order) into one image
-        (float32 in [0, 1], or with ``out_bits`` 8 / 16 sRGB codes)."""
+        """Fuse N ≥ 2 (H, W, 3) frames of one scene (any order; uint8 / uint16 sRGB codes as
+        decoded, or float32 in [0, 1]) into one image (float32 in [0, 1], or with ``out_bits``
+        8 / 16 sRGB codes)."""
         if len(frames) < 2:
             raise InputError(f"need at least two frames, got {len(frames)}")
+        frames = [as_frame(f) for f in frames]
         h, w = frames[0].shape[:2]
         if min(h, w) < MIN_SIDE:
             raise InputError(f"frames of {w}x{h} are too small: the shortest side must be at least {MIN_SIDE} px")
@@ -415,7 +580,7 @@ class ExposureModel:
         order = np.argsort(np.tensordot(GRAY, small, axes=([0], [1])).mean(axis=(1, 2)), kind="stable")
         ordered, small = [frames[i] for i in order], small[order]
         if self.prealign:  # the reduced stack is made again from the aligned frames
-            ordered = align_frames(ordered, len(ordered) // 2)
+            ordered = align_frames([rgb_rows(f, 0, h) for f in ordered], len(ordered) // 2)
             small = reduce_frames(ordered, shape)
         prior, logits, gain = self.maps(small)
         return blend(ordered, prior, logits, gain, self.cfg, out_bits)
@@ -436,7 +601,7 @@ def fuse_bracket(model: ExposureModel, frames: Sequence[np.ndarray], names: Sequ
         InputError: sizes differ (without ``resize``) or no frame is usable, naming the files.
     """
     names = list(names) if names is not None else [f"frame {i + 1}" for i in range(len(frames))]
-    arrays = check_sizes(frames, names, resize=resize)
+    arrays = check_sizes([as_frame(f) for f in frames], names, resize=resize)
     try:
         used, skipped = select_frames(arrays, extremes=extremes)
     except InputError as exc:

@@ -28,7 +28,7 @@ import json
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -364,7 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path)
     p.add_argument("--genotype", type=Path, help="genotype.json of the search (train stage)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a field of ExposureTrainConfig, e.g. --set steps=60 --set eta=0.5")
+                   help="override a field of ExposureTrainConfig, e.g. --set steps=60 --set eta=0.5 "
+                        "--set blend.max_gain=2")
     p.add_argument("--resume", action="store_true")
     args = p.parse_args(argv)
     if args.stage == "ship":
@@ -378,8 +379,12 @@ def main(argv: list[str] | None = None) -> int:
     cfg = ExposureTrainConfig()
     for item in args.set:
         key, _, value = item.partition("=")
+        if key.startswith("blend.") and key[6:] in BlendConfig.__dataclass_fields__:
+            sub = key[6:]
+            cfg.blend = replace(cfg.blend, **{sub: type(getattr(cfg.blend, sub))(value)})
+            continue
         if key not in ExposureTrainConfig.__dataclass_fields__ or key in ("blend", "candidates"):
-            raise SystemExit(f"--set {item}: unknown or structured field {key!r}")
+            raise SystemExit(f"--set {item}: unknown or structured field {key!r} (blend settings: blend.<field>)")
         setattr(cfg, key, type(getattr(cfg, key))(value))
     genotype = json.loads(args.genotype.read_text()) if args.genotype else None
     run(args.stage, cfg, args.out, genotype, args.resume, overrides=args.set)

@@ -1,6 +1,7 @@
 """Image reading and writing for photographs: 8/16-bit, EXIF orientation, EXIF/ICC carry-over.
 
-Images inside crmef are float32 numpy arrays of shape (H, W, 3), RGB, values in [0, 1].
+Images inside crmef are float32 numpy arrays of shape (H, W, 3), RGB, values in [0, 1]; a decoded
+file also keeps its uint8 / uint16 codes, which the default engine reads without a float copy.
 
 Each file is read once. Pillow parses the header of those bytes (size, EXIF orientation, the
 EXIF block and the ICC profile; it never decodes pixels here), the header is checked, and only
@@ -32,6 +33,7 @@ Carried EXIF always has its orientation reset to 1 (the pixels are already uprig
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import os
@@ -66,7 +68,8 @@ class LoadedImage:
     """A decoded image and what is needed to write a result the same way.
 
     Attributes:
-        rgb: float32 array (H, W, 3), RGB in [0, 1], EXIF orientation applied.
+        codes: the decoded samples, uint8 or uint16 (H, W, 3) RGB, EXIF orientation applied
+            (what the engine reads: no float copy of the frame is needed).
         bits: 8 or 16, the bit depth of the file.
         path: where it came from.
         exif: the raw EXIF block with orientation reset to 1, or ``None``.
@@ -75,13 +78,20 @@ class LoadedImage:
         digest: SHA-256 of the file's bytes (hex), to recognise the same photo given twice.
     """
 
-    rgb: np.ndarray
+    codes: np.ndarray
     bits: int
     path: Path
     exif: bytes | None = None
     icc: bytes | None = None
     orientation: int = 1
     digest: str = ""
+
+    @functools.cached_property
+    def rgb(self) -> np.ndarray:
+        """float32 (H, W, 3) RGB in [0, 1] (made on first use, then kept)."""
+        rgb = self.codes.astype(np.float32)
+        np.divide(rgb, np.float32(255.0 if self.bits == 8 else 65535.0), out=rgb)
+        return rgb
 
 
 def is_image_file(path: str | os.PathLike[str]) -> bool:
@@ -407,7 +417,8 @@ def _decode(path: Path, data: bytes) -> np.ndarray:
 
 
 def load_image(path: str | os.PathLike[str]) -> LoadedImage:
-    """Read a JPEG/PNG/TIFF (8 or 16 bit, grey or colour) as RGB float32 in [0, 1].
+    """Read a JPEG/PNG/TIFF (8 or 16 bit, grey or colour): its RGB codes as decoded (and, on
+    first use of ``.rgb``, float32 in [0, 1]).
 
     The file is read once: its header (size, EXIF, ICC) is parsed by Pillow without decoding
     pixels, the size is checked against :data:`MAX_PIXELS`, and only then OpenCV decodes the same
@@ -450,19 +461,16 @@ def load_image(path: str | os.PathLike[str]) -> LoadedImage:
         raise InputError(f"{path}: corrupt image (decoded {img.shape[1]}x{img.shape[0]} pixels, "
                          f"its header says {w}x{h})")
     if img.dtype == np.uint8:
-        bits, scale = 8, 255.0
+        bits = 8
     elif img.dtype == np.uint16:
-        bits, scale = 16, 65535.0
+        bits = 16
     else:
         kind = {"f": "floating-point", "i": "signed integer"}.get(img.dtype.kind, "integer")
         raise InputError(f"{path}: unsupported sample format: {img.dtype.itemsize * 8}-bit {kind} "
                          "(crmef reads 8- and 16-bit integer images)")
-    cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=img)  # in place: one float copy below, no more
-    rgb = img.astype(np.float32)
-    del img
-    np.divide(rgb, np.float32(scale), out=rgb)  # integers / their peak: already in [0, 1]
-    rgb = np.ascontiguousarray(apply_orientation(rgb, head.orientation))
-    return LoadedImage(rgb=rgb, bits=bits, path=path, exif=head.exif, icc=head.icc,
+    cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=img)  # in place
+    codes = np.ascontiguousarray(apply_orientation(img, head.orientation))
+    return LoadedImage(codes=codes, bits=bits, path=path, exif=head.exif, icc=head.icc,
                        orientation=head.orientation, digest=hashlib.sha256(data).hexdigest())
 
 

@@ -92,7 +92,7 @@ def make_fuser(args: argparse.Namespace) -> Fuser:
         model = ExposureModel.from_card(card)
 
         def engine(frames: list[LoadedImage], names: list[str], out_bits: int | None = None) -> Any:
-            out, skipped = fuse_bracket(model, [f.rgb for f in frames], names, extremes=args.extremes,
+            out, skipped = fuse_bracket(model, [f.codes for f in frames], names, extremes=args.extremes,
                                         resize=args.resize, out_bits=out_bits)
             for i in skipped:
                 print(f"crmef fuse: skipped {names[i]} (nearly all black or all white)", file=sys.stderr)
@@ -161,7 +161,7 @@ def load_frames(paths: list[Path]) -> dict[Path, LoadedImage]:
     seen: dict[str, Path] = {}
     for p in paths:
         img = load_image(p)
-        h, w = img.rgb.shape[:2]
+        h, w = img.codes.shape[:2]
         if min(h, w) < MIN_SIDE:
             raise InputError(f"{p}: image is {w}x{h} pixels; crmef fuse needs at least {MIN_SIDE} pixels on each side")
         if img.digest in seen:
