@@ -402,72 +402,78 @@ def blend(frames: Sequence[np.ndarray], detail_logits: np.ndarray, tone_logits: 
     split = min(cfg.detail_levels, n_lev)
     sw_tone = smooth_weights(tone_logits, cfg.smooth)
     sw_detail = smooth_weights(detail_logits, cfg.smooth) if split else sw_tone
+    # Full-resolution single-channel buffers, allocated once (OpenCV writes into them).
     g = np.empty((h_full, w_full), np.float32)  # the grey of the frame at hand
+    con = np.empty_like(g)  # its contrast measure, then its detail weight
+    tmp = np.empty_like(g)
 
-    def contrast(f: np.ndarray) -> np.ndarray:
-        """Grey of ``f`` into ``g``; returns its contrast measure (H, W)."""
+    def detail_weight(i: int, f: np.ndarray, normalise: bool) -> np.ndarray:
+        """Grey of ``f`` into ``g``; ``c_i · s_i`` of the detail levels into ``con`` (divided by
+        the sum over the frames when ``normalise``)."""
         grey_full(f, out=g)
-        con = cv2.Laplacian(g, cv2.CV_32F, ksize=1)
+        cv2.Laplacian(g, cv2.CV_32F, dst=con, ksize=1)
         np.abs(con, out=con)
-        con += 1e-3
-        return cv2.pow(con, cfg.contrast) if cfg.contrast != 1 else con
-
-    def detail_weight(i: int, con: np.ndarray) -> np.ndarray:
-        """``c_i · s_i`` of the detail levels at full resolution (in ``con``)."""
-        con *= cv2.resize(sw_detail[i], size, interpolation=cv2.INTER_LINEAR)
+        np.add(con, 1e-3, out=con)
+        if cfg.contrast != 1:
+            cv2.pow(con, cfg.contrast, dst=con)
+        if not split:
+            return con
+        cv2.resize(sw_detail[i], size, dst=tmp, interpolation=cv2.INTER_LINEAR)
+        if not normalise:  # pass 1 keeps the bare contrast in con for its pyramid
+            return cv2.multiply(con, tmp, dst=tmp)
+        np.multiply(con, tmp, out=con)
+        np.divide(con, total, out=con)
         return con
 
     # Pass 1: Σ_i c_i·s_i at full resolution, and each frame's contrast down to the split level.
     total = np.zeros((h_full, w_full), np.float32) if split else None
     cons_split = []
     for i, f in enumerate(frames):
-        con = contrast(f)
-        if split:
-            total += detail_weight(i, con.copy())
+        wd = detail_weight(i, f, normalise=False)
+        if total is not None:
+            total += wd
+        c = con
         for _ in range(split):
-            con = cv2.pyrDown(con)
-        cons_split.append(con)
+            c = cv2.pyrDown(c)
+        cons_split.append(c.copy() if c is con else c)
     hs, ws_ = cons_split[0].shape
     wt = _normalised([cv2.multiply(c, cv2.resize(s, (ws_, hs), interpolation=cv2.INTER_LINEAR))
                       for c, s in zip(cons_split, sw_tone)])
     del cons_split
     if total is not None:
         total += 1e-12
-    # Pass 2: each frame's grey Laplacian pyramid, weighted, added into the output pyramid.
+    # Pass 2: each frame's grey Laplacian pyramid, weighted, added into the output pyramid (its
+    # finest level in a zeroed buffer, the pyrUp of each level written into ``tmp``).
     out_pyr: list[np.ndarray] = []
     for i, f in enumerate(frames):
-        if split:
-            w = detail_weight(i, contrast(f))
-            w /= total
-        else:
-            grey_full(f, out=g)
-            w = wt[i]
+        w = detail_weight(i, f, normalise=True) if split else (grey_full(f, out=g), wt[i])[1]
         cur = g
         for k in range(n_lev + 1):
             if k == split:
                 w = wt[i]
             if k < n_lev:
                 down = cv2.pyrDown(cur)
-                term = cv2.pyrUp(down, dstsize=cur.shape[1::-1])
+                term = cv2.pyrUp(down, dst=tmp if k == 0 else None, dstsize=cur.shape[1::-1])
                 np.subtract(cur, term, out=term)
                 term *= w
             else:
                 term = cur * w
             if i == 0:
-                out_pyr.append(term)
+                out_pyr.append(term.copy() if term is tmp else term)
             else:
                 out_pyr[k] += term
             if k < n_lev:
                 cur = down
                 w = cv2.pyrDown(w)
         del cur, w, term
-    del g, total, wt
+    del g, con, total, wt
     y = out_pyr.pop()
     while out_pyr:
         lap = out_pyr.pop()
-        y = cv2.pyrUp(y, dstsize=lap.shape[1::-1])
-        y += lap
-    del lap
+        y = cv2.pyrUp(y, dst=tmp if not out_pyr else None, dstsize=lap.shape[1::-1])
+        lap += y
+        y = lap
+    del lap, tmp
     # Colour, band by band: linear-light mix with the smooth weights, scaled to the target
     # luminance, capped so the largest channel stays <= 1 (hue kept), encoded.
     tone_up = [RowUpsampler(m, size) for m in sw_tone]

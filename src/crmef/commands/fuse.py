@@ -18,6 +18,7 @@ import os
 import re
 import sys
 from pathlib import Path
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Callable
 
 from crmef.errors import CrmefError, InputError
@@ -159,8 +160,7 @@ def load_frames(paths: list[Path]) -> dict[Path, LoadedImage]:
 
     loaded: dict[Path, LoadedImage] = {}
     seen: dict[str, Path] = {}
-    for p in paths:
-        img = load_image(p)
+    for p, img in zip(paths, _decoded(paths, load_image)):
         h, w = img.codes.shape[:2]
         if min(h, w) < MIN_SIDE:
             raise InputError(f"{p}: image is {w}x{h} pixels; crmef fuse needs at least {MIN_SIDE} pixels on each side")
@@ -169,6 +169,25 @@ def load_frames(paths: list[Path]) -> dict[Path, LoadedImage]:
         seen[img.digest] = p
         loaded[p] = img
     return loaded
+
+
+def _decoded(paths: list[Path], load: Callable[[Path], LoadedImage]) -> Iterator[LoadedImage]:
+    """``load(p)`` of each path in order, decoded on up to four threads (the decoders
+    release the GIL); the first failure in path order is raised, as a sequential loop would."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    workers = min(len(paths), os.cpu_count() or 1, 4)
+    if workers < 2:
+        yield from map(load, paths)
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        futures = [pool.submit(load, p) for p in paths]
+        try:
+            for fut in futures:
+                yield fut.result()
+        finally:
+            for fut in futures:
+                fut.cancel()
 
 
 def check_inputs(paths: list[Path], output: Path) -> dict[Path, LoadedImage]:
