@@ -28,7 +28,9 @@ How one output pixel is made (``frames`` sorted dark to bright, RGB in [0, 1]):
    the engine cannot invent colour. A pixel whose largest channel would pass 1 is scaled down
    as a whole (its hue kept).
 
-The arrays are float32 throughout; a 12 MP pair needs about 1 GB.
+Frames are read as decoded (uint8 / uint16 codes, or float32) band by band of rows; no float
+copy of a whole frame is made, and one frame's pyramid is alive at a time (:func:`blend`): a
+12 MP pair needs under 0.5 GB, whatever N about seven full-resolution float32 maps.
 """
 
 from __future__ import annotations
