@@ -231,7 +231,7 @@ def test_blend_memory_does_not_grow_with_the_frames():
     import tracemalloc
 
     rng = np.random.default_rng(0)
-    h, w = 600, 900
+    h, w = 1200, 1800  # bands of rows (2 MiB each, one per thread) are small beside a map
     one_map = h * w * 4
     cfg = BlendConfig()
     shape = work_shape(h, w, cfg.work_size)

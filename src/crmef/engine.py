@@ -38,7 +38,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -193,6 +193,23 @@ def bands(h: int, w: int) -> list[tuple[int, int]]:
     return [(r, min(h, r + step)) for r in range(0, h, step)]
 
 
+def for_bands(fn: Callable[[int, int], None], h: int, w: int) -> None:
+    """``fn(r0, r1)`` for every band of an (h, w) image (:func:`bands`), on as many threads as
+    OpenCV may use (``cv2.getNumThreads()``, at most 4; a batch worker sets 1): numpy and
+    OpenCV release the GIL, and each band writes only its own rows."""
+    jobs = bands(h, w)
+    threads = min(4, max(1, cv2.getNumThreads()), len(jobs))
+    if threads == 1:
+        for r0, r1 in jobs:
+            fn(r0, r1)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(threads) as pool:
+        for fut in [pool.submit(fn, r0, r1) for r0, r1 in jobs]:
+            fut.result()
+
+
 def rgb_rows(frame: np.ndarray, r0: int, r1: int) -> np.ndarray:
     """Rows ``[r0, r1)`` of a frame as float32 sRGB in [0, 1] (a view for float32 frames)."""
     band = frame[r0:r1]
@@ -219,8 +236,11 @@ def grey_full(frame: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     h, w = frame.shape[:2]
     if out is None:
         out = np.empty((h, w), np.float32)
-    for r0, r1 in bands(h, w):
+
+    def rows(r0: int, r1: int) -> None:
         out[r0:r1] = gray(rgb_rows(frame, r0, r1))
+
+    for_bands(rows, h, w)
     return out
 
 
@@ -484,7 +504,8 @@ def blend(frames: Sequence[np.ndarray], detail_logits: np.ndarray, tone_logits: 
     if dtype is None:
         raise InputError(f"bits must be 8 or 16, got {out_bits}")
     out = np.empty((h_full, w_full, 3), dtype)
-    for r0, r1 in bands(h_full, w_full):
+
+    def colour(r0: int, r1: int) -> None:
         mix = lum = None
         for f, up in zip(frames, tone_up):
             s = up.rows(r0, r1)
@@ -507,6 +528,8 @@ def blend(frames: Sequence[np.ndarray], detail_logits: np.ndarray, tone_logits: 
         np.minimum(scale, 1.0 / peak, out=scale)
         mix *= scale[..., None]
         out[r0:r1] = encode(mix, out_bits)
+
+    for_bands(colour, h_full, w_full)
     return out
 
 
