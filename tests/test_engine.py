@@ -245,3 +245,39 @@ def test_blend_memory_does_not_grow_with_the_frames():
         tracemalloc.stop()
     assert peaks[2] < 8, peaks
     assert peaks[6] - peaks[2] < 1.5, peaks  # work-resolution maps only
+
+
+def test_wide_gaps_are_filled_with_reexposures():
+    """A pair 4 stops apart is fused as the bracket it stands for: one re-exposure of the dark
+    frame 2 stops up (measured from the frames), none for a bracket 1.3 stops apart."""
+    from crmef.engine import Reexposed, fill_gaps, gap_stops, virtual_stops
+
+    pair = bracket(2)
+    shape = work_shape(96, 128, 256)
+    small = reduce_frames(pair, shape)
+    (gap,) = gap_stops(small)
+    assert abs(gap - 4.0) < 0.3
+    assert virtual_stops(4.0, 2.0) == [2.0] and virtual_stops(4.05, 2.0) == [2.025]
+    assert virtual_stops(6.0, 2.0) == [2.0, 4.0] and virtual_stops(1.5, 2.0) == [] and virtual_stops(9.0, 0) == []
+    frames, stack = fill_gaps(pair, small, shape, 2.0)
+    assert len(frames) == 3 and isinstance(frames[1], Reexposed) and frames[1].frame is pair[0]
+    assert stack.shape == (3, 3, *shape)
+    means = stack.mean(axis=(1, 2, 3))
+    assert means[0] < means[1] < means[2]  # the re-exposure lies between its neighbours
+    dense = bracket(4)
+    assert len(fill_gaps(dense, reduce_frames(dense, shape), shape, 2.0)[0]) == 4
+
+
+def test_reexposures_match_torch_and_keep_source_colour(onnx_model):
+    net, plain = onnx_model
+    cfg = BlendConfig(max_gap=2.0)
+    model = ExposureModel(plain.path, cfg)
+    pair = bracket(2, 128, 192)
+    out = model(pair)
+    assert np.abs(out - plain(pair)).mean() > 1e-3  # the re-exposure changes the result
+    with torch.no_grad():
+        ref = fuse_torch(net, torch.from_numpy(np.stack(pair)).permute(0, 3, 1, 2), cfg)
+    assert np.abs(out - ref[0].permute(1, 2, 0).numpy()).mean() < 2e-3
+    assert chroma_hull(pair, out) < 5e-4
+    codes = [np.round(f * 255).astype(np.uint8) for f in pair]
+    assert np.abs(model(codes, out_bits=8).astype(np.float64) - np.round(out * 255)).max() <= 2

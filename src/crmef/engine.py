@@ -68,6 +68,9 @@ class BlendConfig:
         detail_levels: the finest levels of the pyramid (detail up to ~2^levels px) take their
             weights from the well-exposedness prior alone; the network decides the coarser
             levels (tone) and the colour mix. 0: the network's weights everywhere.
+        max_gap: largest exposure step (stops) between consecutive frames; a wider gap is filled
+            with re-exposures of its darker frame (:func:`fill_gaps`), so a two-frame bracket is
+            fused as the full bracket it stands for. 0: never.
     """
 
     work_size: int = 256
@@ -77,6 +80,7 @@ class BlendConfig:
     max_gain: float = 1.0
     levels_top: int = 1
     detail_levels: int = 5
+    max_gap: float = 0.0
 
     def to_dict(self) -> dict[str, float | int]:
         return asdict(self)
@@ -128,11 +132,14 @@ def srgb_to_linear(x: np.ndarray) -> np.ndarray:
 
 
 def linear_to_srgb(x: np.ndarray) -> np.ndarray:
-    """sRGB encoding of linear values in [0, 1] (look-up on √x, exact to 1e-4 over the range)."""
-    r = cv2.sqrt(np.clip(x, 0.0, 1.0, dtype=np.float32))
-    r *= 65535.0
-    r += 0.5
-    return _TO_SRGB[r.astype(np.uint16)]
+    """IEC 61966-2-1 encoding of linear values in [0, 1] (clipped), float32, same shape
+    (``cv2.pow`` on the power branch, the linear toe below 0.0031308 exact)."""
+    x = np.clip(x, 0.0, 1.0, dtype=np.float32)
+    t = cv2.pow(x.reshape(-1, 1), 1 / 2.4).reshape(x.shape)
+    t *= np.float32(1.055)
+    t -= np.float32(0.055)
+    np.multiply(x, np.float32(12.92), out=t, where=x <= 0.0031308)
+    return t
 
 
 def encode(x: np.ndarray, bits: int | None) -> np.ndarray:
@@ -210,8 +217,45 @@ def for_bands(fn: Callable[[int, int], None], h: int, w: int) -> None:
             fut.result()
 
 
-def rgb_rows(frame: np.ndarray, r0: int, r1: int) -> np.ndarray:
+@dataclass(frozen=True, eq=False)
+class Reexposed:
+    """A virtual frame: ``frame`` re-exposed by ``stops`` (its linear light × 2^stops, each
+    channel clipped at 1, as a camera would have recorded it), read like a frame.
+
+    Its structure and tone enter the pyramid blend as any frame's; its colour is its source's
+    (:func:`blend` hands its colour weight, × 2^stops, to ``frame``), so it adds no colour.
+    """
+
+    frame: np.ndarray
+    stops: float
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.frame.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(np.float32)
+
+
+Frame = np.ndarray | Reexposed
+"""What the engine fuses: a frame's array, or a re-exposure of one."""
+
+
+def reliability_rows(frame: Reexposed, r0: int, r1: int) -> np.ndarray:
+    """How far a re-exposure's colour can be trusted, rows ``[r0, r1)`` (float32 in [0, 1]): 0
+    where its source's grey is at most 0.04 (codes ≤ 10 of 255: noise and the sensor's cast,
+    which the re-exposure would amplify), 1 from 0.12 up, linear between."""
+    g = gray(rgb_rows(frame.frame, r0, r1))
+    g -= 0.04
+    g *= 1 / 0.08
+    return np.clip(g, 0.0, 1.0, out=g)
+
+
+def rgb_rows(frame: Frame, r0: int, r1: int) -> np.ndarray:
     """Rows ``[r0, r1)`` of a frame as float32 sRGB in [0, 1] (a view for float32 frames)."""
+    if isinstance(frame, Reexposed):
+        return linear_to_srgb(linear_rows(frame, r0, r1))
     band = frame[r0:r1]
     if band.dtype == np.float32:
         return band
@@ -220,8 +264,15 @@ def rgb_rows(frame: np.ndarray, r0: int, r1: int) -> np.ndarray:
     return out
 
 
-def linear_rows(frame: np.ndarray, r0: int, r1: int) -> np.ndarray:
+def linear_rows(frame: Frame, r0: int, r1: int) -> np.ndarray:
     """Rows ``[r0, r1)`` of a frame in linear light, float32 (a table look-up for codes)."""
+    if isinstance(frame, Reexposed):  # × 2^stops, a pixel whose largest channel passes 1 scaled down whole
+        lin = linear_rows(frame.frame, r0, r1)
+        peak = cv2.reduce(lin.reshape(-1, 3), 1, cv2.REDUCE_MAX).reshape(lin.shape[:2])
+        np.maximum(peak, 1e-6, out=peak)
+        gain = np.minimum(np.float32(2.0**frame.stops), 1.0 / peak)
+        lin *= gain[..., None]
+        return lin
     band = frame[r0:r1]
     if band.dtype == np.uint8:
         return cv2.LUT(band, _LIN8)
@@ -230,7 +281,7 @@ def linear_rows(frame: np.ndarray, r0: int, r1: int) -> np.ndarray:
     return srgb_to_linear(band)
 
 
-def grey_full(frame: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+def grey_full(frame: Frame, out: np.ndarray | None = None) -> np.ndarray:
     """MATLAB ``rgb2gray`` of a whole frame, float32 (H, W) in [0, 1], computed band by band
     (into ``out`` when given)."""
     h, w = frame.shape[:2]
@@ -309,7 +360,7 @@ def select_frames(frames: Sequence[np.ndarray], extremes: bool = False) -> tuple
 # ------------------------------------------------------------------------------- the blend
 
 
-def reduce_frames(frames: Sequence[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
+def reduce_frames(frames: Sequence[Frame], shape: tuple[int, int]) -> np.ndarray:
     """(N, 3, h, w) float32 stack of the frames (any engine dtype) reduced by area averaging.
 
     Area averaging is separable: each band of rows is reduced across, then the (H, w) result
@@ -324,6 +375,55 @@ def reduce_frames(frames: Sequence[np.ndarray], shape: tuple[int, int]) -> np.nd
             across[r0:r1] = cv2.resize(rgb_rows(f, r0, r1), (w, r1 - r0), interpolation=cv2.INTER_AREA)
         out.append(cv2.resize(across, (w, h), interpolation=cv2.INTER_AREA).transpose(2, 0, 1))
     return np.stack(out)
+
+
+def gap_stops(small: np.ndarray) -> list[float]:
+    """Exposure steps (stops, ≥ 0) between consecutive (N, 3, h, w) reduced frames sorted dark
+    to bright: log2 of the median ratio of their linear grey over the pixels well exposed in
+    both (grey above 0.04 in the darker, below 0.92 in the brighter); the ratio of the means
+    where fewer than 16 such pixels exist. Capped at 12 stops."""
+    g = np.tensordot(GRAY, small, axes=([0], [1]))
+    lin = srgb_to_linear(g)
+    steps = []
+    for a, b, la, lb in zip(g[:-1], g[1:], lin[:-1], lin[1:]):
+        m = (a > 0.04) & (b < 0.92)
+        r = float(np.median(lb[m] / la[m])) if m.sum() >= 16 else float(lb.mean() / max(float(la.mean()), 1e-6))
+        steps.append(min(max(math.log2(max(r, 1e-6)), 0.0), 12.0))
+    return steps
+
+
+def virtual_stops(gap: float, max_gap: float) -> list[float]:
+    """Re-exposures (stops above the darker frame) that split a gap of ``gap`` stops into equal
+    steps of at most ``max_gap`` (none when ``max_gap`` is 0 or the gap is narrow enough).
+
+    A tenth of a step is allowed for the measurement (a ±2 EV pair measures 4.00–4.05 stops
+    and gets one re-exposure at the middle, not two)."""
+    if max_gap <= 0:
+        return []
+    n = max(1, math.ceil(gap / max_gap - 0.1))
+    return [gap * j / n for j in range(1, n)]
+
+
+def fill_gaps(frames: Sequence[np.ndarray], small: np.ndarray, shape: tuple[int, int], max_gap: float,
+              ) -> tuple[list[Frame], np.ndarray]:
+    """The frames (sorted dark to bright) with every exposure gap wider than ``max_gap`` stops
+    filled by re-exposures of its darker frame (:class:`Reexposed`), and their reduced stack.
+
+    A bracket stands for the scene at every exposure between its extremes; the frames a
+    photographer did not take are re-exposures of the darker frame of the gap (it holds the
+    highlights the brighter one clipped), so the blend sees the mid-tones a full bracket would
+    give. Brackets spaced at most ``max_gap`` stops apart are returned unchanged.
+    """
+    out: list[Frame] = [frames[0]]
+    stack = [small[0]]
+    for i, gap in enumerate(gap_stops(small)):
+        for k in virtual_stops(gap, max_gap):
+            v = Reexposed(frames[i], k)
+            out.append(v)
+            stack.append(reduce_frames([v], shape)[0])
+        out.append(frames[i + 1])
+        stack.append(small[i + 1])
+    return out, np.stack(stack) if len(stack) > len(small) else small
 
 
 def prior_logits(small: np.ndarray, sigma: float) -> np.ndarray:
@@ -387,7 +487,7 @@ def _normalised(ws: list[np.ndarray]) -> list[np.ndarray]:
     return ws
 
 
-def blend(frames: Sequence[np.ndarray], detail_logits: np.ndarray, tone_logits: np.ndarray, log_gain: np.ndarray,
+def blend(frames: Sequence[Frame], detail_logits: np.ndarray, tone_logits: np.ndarray, log_gain: np.ndarray,
           cfg: BlendConfig, out_bits: int | None = None) -> np.ndarray:
     """Fuse full-resolution frames with work-resolution logits and gain (steps 2–4 above).
 
@@ -405,7 +505,8 @@ def blend(frames: Sequence[np.ndarray], detail_logits: np.ndarray, tone_logits: 
     float32 maps are alive at the peak.
 
     Args:
-        frames: N (H, W, 3) RGB frames of one size: uint8 / uint16 sRGB codes or float32 in [0, 1].
+        frames: N (H, W, 3) RGB frames of one size: uint8 / uint16 sRGB codes or float32 in [0, 1],
+            or :class:`Reexposed` frames of them (their colour weight goes to their source).
         detail_logits: (N, h, w) float32 logits of the finest levels (the well-exposedness prior).
         tone_logits: (N, h, w) float32 logits of the coarser levels and of the colour mix (the
             network's).
@@ -417,7 +518,7 @@ def blend(frames: Sequence[np.ndarray], detail_logits: np.ndarray, tone_logits: 
     Returns:
         (H, W, 3) RGB: float32 in [0, 1], or uint8 / uint16 codes.
     """
-    frames = [as_frame(f) for f in frames]
+    frames = [f if isinstance(f, Reexposed) else as_frame(f) for f in frames]
     h_full, w_full = frames[0].shape[:2]
     size = (w_full, h_full)
     n_lev = pyramid_levels(h_full, w_full, cfg.levels_top)
@@ -429,16 +530,17 @@ def blend(frames: Sequence[np.ndarray], detail_logits: np.ndarray, tone_logits: 
     con = np.empty_like(g)  # its contrast measure, then its detail weight
     tmp = np.empty_like(g)
 
-    def detail_weight(i: int, f: np.ndarray, normalise: bool) -> np.ndarray:
-        """Grey of ``f`` into ``g``; ``c_i · s_i`` of the detail levels into ``con`` (divided by
-        the sum over the frames when ``normalise``)."""
+    def detail_weight(i: int, f: Frame, normalise: bool, weigh: bool = True) -> np.ndarray:
+        """Grey of ``f`` into ``g``, its contrast measure into ``con``, and ``c_i · s_i`` of the
+        detail levels (in ``tmp``, or with ``normalise`` in ``con`` divided by the sum over the
+        frames); ``weigh=False``: the contrast alone."""
         grey_full(f, out=g)
         cv2.Laplacian(g, cv2.CV_32F, dst=con, ksize=1)
         np.abs(con, out=con)
         np.add(con, 1e-3, out=con)
         if cfg.contrast != 1:
             cv2.pow(con, cfg.contrast, dst=con)
-        if not split:
+        if not split or not weigh:
             return con
         cv2.resize(sw_detail[i], size, dst=tmp, interpolation=cv2.INTER_LINEAR)
         if not normalise:  # pass 1 keeps the bare contrast in con for its pyramid
@@ -447,13 +549,21 @@ def blend(frames: Sequence[np.ndarray], detail_logits: np.ndarray, tone_logits: 
         np.divide(con, total, out=con)
         return con
 
-    # Pass 1: Σ_i c_i·s_i at full resolution, and each frame's contrast down to the split level.
+    # Pass 1: Σ_i c_i·s_i at full resolution over the real frames, each frame's contrast down to
+    # the split level, and a re-exposure's grey there (it takes part in the coarse levels only).
     total = np.zeros((h_full, w_full), np.float32) if split else None
-    cons_split = []
+    cons_split, grey_split = [], {}
     for i, f in enumerate(frames):
-        wd = detail_weight(i, f, normalise=False)
-        if total is not None:
-            total += wd
+        if isinstance(f, Reexposed) and split:
+            detail_weight(i, f, normalise=False, weigh=False)
+            c = g
+            for _ in range(split):
+                c = cv2.pyrDown(c)
+            grey_split[i] = c
+        else:
+            wd = detail_weight(i, f, normalise=False)
+            if total is not None:
+                total += wd
         c = con
         for _ in range(split):
             c = cv2.pyrDown(c)
@@ -466,11 +576,14 @@ def blend(frames: Sequence[np.ndarray], detail_logits: np.ndarray, tone_logits: 
         total += 1e-12
     # Pass 2: each frame's grey Laplacian pyramid, weighted, added into the output pyramid (its
     # finest level in a zeroed buffer, the pyrUp of each level written into ``tmp``).
-    out_pyr: list[np.ndarray] = []
+    out_pyr: list[np.ndarray | None] = [None] * (n_lev + 1)
     for i, f in enumerate(frames):
-        w = detail_weight(i, f, normalise=True) if split else (grey_full(f, out=g), wt[i])[1]
-        cur = g
-        for k in range(n_lev + 1):
+        if i in grey_split:
+            first, cur, w = split, grey_split.pop(i), wt[i]
+        else:
+            first, cur = 0, g
+            w = detail_weight(i, f, normalise=True) if split else (grey_full(f, out=g), wt[i])[1]
+        for k in range(first, n_lev + 1):
             if k == split:
                 w = wt[i]
             if k < n_lev:
@@ -480,18 +593,21 @@ def blend(frames: Sequence[np.ndarray], detail_logits: np.ndarray, tone_logits: 
                 term *= w
             else:
                 term = cur * w
-            if i == 0:
-                out_pyr.append(term.copy() if term is tmp else term)
+            acc = out_pyr[k]
+            if acc is None:
+                out_pyr[k] = term.copy() if term is tmp else term
             else:
-                out_pyr[k] += term
+                acc += term
             if k < n_lev:
                 cur = down
                 w = cv2.pyrDown(w)
         del cur, w, term
     del g, con, total, wt
     y = out_pyr.pop()
+    assert y is not None
     while out_pyr:
         lap = out_pyr.pop()
+        assert lap is not None
         y = cv2.pyrUp(y, dst=tmp if not out_pyr else None, dstsize=lap.shape[1::-1])
         lap += y
         y = lap
@@ -509,6 +625,8 @@ def blend(frames: Sequence[np.ndarray], detail_logits: np.ndarray, tone_logits: 
         mix = lum = None
         for f, up in zip(frames, tone_up):
             s = up.rows(r0, r1)
+            if isinstance(f, Reexposed):
+                s *= reliability_rows(f, r0, r1)
             term = linear_rows(f, r0, r1)
             term *= s[..., None]
             lg = srgb_to_linear(gray(rgb_rows(f, r0, r1)))
@@ -613,8 +731,9 @@ class ExposureModel:
         if self.prealign:  # the reduced stack is made again from the aligned frames
             ordered = align_frames([rgb_rows(f, 0, h) for f in ordered], len(ordered) // 2)
             small = reduce_frames(ordered, shape)
+        fused, small = fill_gaps(ordered, small, shape, self.cfg.max_gap)
         prior, logits, gain = self.maps(small)
-        return blend(ordered, prior, logits, gain, self.cfg, out_bits)
+        return blend(fused, prior, logits, gain, self.cfg, out_bits)
 
 
 def fuse_bracket(model: ExposureModel, frames: Sequence[np.ndarray], names: Sequence[str] | None = None,

@@ -181,7 +181,7 @@ def reduce_frames(frames: Tensor, shape: tuple[int, int]) -> Tensor:
 
 
 def blend_torch(frames: Tensor, detail_logits: Tensor, tone_logits: Tensor, log_gain: Tensor,
-                cfg: BlendConfig) -> Tensor:
+                cfg: BlendConfig, trust: Tensor | None = None, real: Tensor | None = None) -> Tensor:
     """:func:`crmef.engine.blend` in torch.
 
     Args:
@@ -190,6 +190,10 @@ def blend_torch(frames: Tensor, detail_logits: Tensor, tone_logits: Tensor, log_
         tone_logits: (N, 1, h, w) logits of the coarser levels and the colour mix.
         log_gain: (1, 1, h, w) log2-gain at work resolution.
         cfg: the blend settings.
+        trust: (N, 1, H, W) factor of each frame's colour weight (1 for a real frame, the
+            reliability of a re-exposure; :func:`reexpose_t`), or None (all 1).
+        real: (N,) 1 for a real frame, 0 for a re-exposure (no weight at the detail levels);
+            needed with ``trust``.
 
     Returns:
         (1, 3, H, W) RGB in [0, 1].
@@ -213,7 +217,10 @@ def blend_torch(frames: Tensor, detail_logits: Tensor, tone_logits: Tensor, log_
     split = min(cfg.detail_levels, levels)
     tone = smooth(tone_logits)
     up = resized(tone, (hh, ww))  # the colour mix's weights
-    w = normalised(resized(smooth(detail_logits), (hh, ww)) * con) if split else None
+    detail = resized(smooth(detail_logits), (hh, ww)) * con
+    if real is not None:  # re-exposures take no part in the detail levels
+        detail = detail * real.view(-1, 1, 1, 1)
+    w = normalised(detail) if split else None
     con_s = con
     for _ in range(split):
         con_s = pyr_down(con_s)
@@ -230,6 +237,8 @@ def blend_torch(frames: Tensor, detail_logits: Tensor, tone_logits: Tensor, log_
     y = (cur * w).sum(0, keepdim=True)
     for k in range(levels - 1, -1, -1):
         y = pyr_up(y, acc[k].shape[-2:]) + acc[k]
+    if trust is not None:
+        up = up * trust
     mix = (srgb_to_linear_t(frames) * up).sum(0, keepdim=True)  # (1, 3, H, W)
     gain = F.interpolate(torch.exp2(log_gain), size=(hh, ww), mode="bilinear", align_corners=False)
     target = srgb_to_linear_t(y.clamp(0, 1)) * gain
@@ -239,14 +248,40 @@ def blend_torch(frames: Tensor, detail_logits: Tensor, tone_logits: Tensor, log_
     return linear_to_srgb_t(out / peak)
 
 
+def reexpose_t(frame: Tensor, stops: float) -> tuple[Tensor, Tensor]:
+    """:class:`crmef.engine.Reexposed` in torch: (1, 3, H, W) sRGB -> the re-exposed frame
+    (1, 3, H, W) and the reliability of its colour (1, 1, H, W)."""
+    lin = srgb_to_linear_t(frame)
+    peak = lin.amax(dim=1, keepdim=True).clamp(min=1e-6)
+    out = linear_to_srgb_t(lin * torch.minimum(torch.full_like(peak, 2.0**stops), 1.0 / peak))
+    return out, ((gray_t(frame) - 0.04) / 0.08).clamp(0, 1)
+
+
 def fuse_torch(net: ExposureNet, frames: Tensor, cfg: BlendConfig) -> Tensor:
-    """The whole engine in torch: (N, 3, H, W) frames sorted dark to bright -> (1, 3, H, W)."""
-    from crmef.engine import work_shape
+    """The whole engine in torch: (N, 3, H, W) frames sorted dark to bright -> (1, 3, H, W),
+    gaps wider than ``cfg.max_gap`` filled as :func:`crmef.engine.fill_gaps` does."""
+    from crmef.engine import gap_stops, virtual_stops, work_shape
 
     shape = work_shape(frames.shape[-2], frames.shape[-1], cfg.work_size)
     small = reduce_frames(frames, shape)
+    gaps = gap_stops(small.detach().cpu().numpy()) if cfg.max_gap > 0 else []
+    trust = real = None
+    if any(virtual_stops(g, cfg.max_gap) for g in gaps):
+        stack, trusts, reals = [frames[:1]], [torch.ones_like(frames[:1, :1])], [1.0]
+        for i, gap in enumerate(gaps):
+            for k in virtual_stops(gap, cfg.max_gap):
+                v, t = reexpose_t(frames[i : i + 1], k)
+                stack.append(v)
+                trusts.append(t)
+                reals.append(0.0)
+            stack.append(frames[i + 1 : i + 2])
+            trusts.append(torch.ones_like(frames[:1, :1]))
+            reals.append(1.0)
+        real = torch.tensor(reals, dtype=frames.dtype, device=frames.device)
+        frames, trust = torch.cat(stack), torch.cat(trusts)
+        small = reduce_frames(frames, shape)
     logits, gain = net(small)
-    return blend_torch(frames, prior_logits_t(small, cfg.sigma), logits, gain, cfg)
+    return blend_torch(frames, prior_logits_t(small, cfg.sigma), logits, gain, cfg, trust, real)
 
 
 def count_flops(net: ExposureNet, n: int, shape: tuple[int, int]) -> float:
@@ -271,4 +306,4 @@ def export_onnx(net: ExposureNet, path: str, opset: int = 17) -> None:
         )
 
 
-__all__ = ["export_onnx", "EXPOSURE_SLOTS", "ExposureNet", "blend_torch", "fuse_torch", "count_flops"]
+__all__ = ["export_onnx", "EXPOSURE_SLOTS", "ExposureNet", "blend_torch", "fuse_torch", "reexpose_t", "count_flops"]
