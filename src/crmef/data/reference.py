@@ -4,9 +4,9 @@ Public API:
 
 - :func:`default_cache_dir` — ``$CRMEF_CACHE`` or ``~/.cache/crmef``; references live in its
   ``refs/`` sub-folder (so ``~/.cache/crmef/refs`` by default), decoded frames in ``decoded/``.
-- :func:`mertens_reference` — the reference method: OpenCV's Mertens exposure fusion
-  (``cv2.createMergeMertens()`` with its default contrast, saturation and well-exposedness
-  weights 1, 1, 0: no well-exposedness term) of **every** frame of the bracket, clipped to [0, 1].
+- :func:`mertens_reference` — the reference method: :func:`crmef.baselines.mertens` (OpenCV's
+  Mertens exposure fusion with its default weights, the ``mertens_all`` baseline) of **every**
+  frame of the bracket.
 - :class:`ArrayCache` — uint8 (H, W, 3) RGB arrays stored as ``.npy`` files, written atomically
   (temporary name, then rename) and memory-mapped on read; an entry is never recomputed when
   present. Keys hash the inputs (absolute paths, file sizes and modification times, frame list,
@@ -26,13 +26,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from crmef.baselines import mertens
 from crmef.data.layouts import Scene
-from crmef.errors import InputError
 from crmef.imageio import read_image
 from crmef.utils import atomic_path
 
-REFERENCE_METHOD = "mertens-cv2-all-frames-clip-v2"  # v2: v1 entries may hold near-black refs of an early build
-"""Bump when the reference method changes: cached references are keyed by it."""
+REFERENCE_METHOD = "mertens-cv2-all-frames-clip-v3"
+"""Bump when the reference method changes: cached references are keyed by it. v2 entries may hold
+near-black references of an early build; v3: OpenCV gets BGR (v2 passed RGB, so its contrast
+weight was computed on a grey with red and blue swapped)."""
 
 
 def default_cache_dir() -> Path:
@@ -59,21 +61,15 @@ def load_rgb8(path: str | os.PathLike[str], size: tuple[int, int] | None = None)
 
 
 def mertens_reference(frames: Sequence[np.ndarray]) -> np.ndarray:
-    """Mertens exposure fusion of all frames, clipped.
+    """The reference of a bracket: :func:`crmef.baselines.mertens` of all its frames.
 
     Args:
-        frames: float32 (H, W, 3) RGB in [0, 1], any order, same size.
+        frames: float32 (H, W, 3) RGB in [0, 1], any order, same size (two or more).
 
     Returns:
         float32 (H, W, 3) RGB in [0, 1].
     """
-    if len(frames) < 2:
-        raise InputError(f"Mertens reference needs at least two frames, got {len(frames)}")
-    merge = cv2.createMergeMertens()
-    # OpenCV's weights (well-exposedness around 0.5) assume 8-bit-scaled input: pass 0..255
-    # floats (identical to uint8 input for 8-bit frames); the result is in [0, 1].
-    fused = merge.process([np.ascontiguousarray(f, dtype=np.float32) * np.float32(255.0) for f in frames])
-    return np.clip(fused, 0.0, 1.0).astype(np.float32)
+    return mertens(frames)
 
 
 class ArrayCache:
