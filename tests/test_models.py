@@ -30,21 +30,12 @@ def test_save_load_round_trip(tmp_path, preset):
     assert not list(tmp_path.glob(".*tmp*"))  # no temporaries left
 
 
-def test_illumination_smoothing_round_trips(tmp_path):
-    net = FusionNet.from_genotype(get_preset("general"), channels=4, illum_smooth=3).eval()
-    w, c = save_model(net, tmp_path / "s.safetensors", {"name": "smooth"})
-    assert read_card(c)["illum_smooth"] == 3
-    loaded = load_model(w)
-    assert loaded.config.illum_smooth == 3
-    x, y = torch.rand(1, 3, 20, 28), torch.rand(1, 3, 20, 28)
-    with torch.no_grad():
-        assert torch.equal(net(x, y), loaded(x, y))
-
-
-def test_missing_default_model_is_clear(monkeypatch, tmp_path):
-    monkeypatch.setattr("crmef.models.WEIGHTS_DIR", tmp_path)
-    with pytest.raises(InputError, match="not installed"):
+def test_unknown_and_engine_names_are_clear():
+    with pytest.raises(InputError, match=r"unknown model 'paper_general': use general, aligned \(the engine\), an engine "
+                                         r"card \.json, or a \.safetensors from crmef train"):
         load_model("paper_general")
+    with pytest.raises(InputError, match="'general' is an engine model"):
+        load_model("general")
 
 
 def test_bad_model_files(tmp_path):

@@ -41,7 +41,7 @@ def _check_frames(frames: Sequence[np.ndarray], minimum: int = 1) -> list[np.nda
     return out
 
 
-def mertens(frames: Sequence[np.ndarray], weights: tuple[float, float, float] | None = None) -> np.ndarray:
+def mertens(frames: Sequence[np.ndarray]) -> np.ndarray:
     """Mertens et al. (2007) exposure fusion with OpenCV's default weights (contrast 1,
     saturation 1, well-exposedness 0: OpenCV leaves the paper's third term out by default).
 
@@ -54,16 +54,13 @@ def mertens(frames: Sequence[np.ndarray], weights: tuple[float, float, float] | 
 
     Args:
         frames: two or more float32 (H, W, 3) RGB images in [0, 1], same size, any order.
-        weights: the exponents (contrast, saturation, well-exposedness) of Mertens's quality
-            measures; None: OpenCV's defaults.
 
     Returns:
         float32 (H, W, 3) RGB in [0, 1].
     """
     fs = _check_frames(frames, 2)
     bgr = [np.ascontiguousarray(f[..., ::-1] * np.float32(255.0)) for f in fs]
-    merge = cv2.createMergeMertens() if weights is None else cv2.createMergeMertens(*(float(w) for w in weights))
-    fused = merge.process(bgr)
+    fused = cv2.createMergeMertens().process(bgr)
     return np.clip(fused[..., ::-1], 0.0, 1.0).astype(np.float32)
 
 

@@ -121,38 +121,6 @@ class ArrayCache:
         """A frame decoded to uint8 (H, W, 3) RGB at ``size=(w, h)``."""
         return self.get("decoded", [*_file_id(path), list(size)], lambda: load_rgb8(path, size))
 
-    def pair_prior(self, under: Path, over: Path, size: tuple[int, int], kind: str = "mertens",
-                   prealign: str = "none") -> np.ndarray:
-        """The prior of one (under, over) pair of whole frames (:func:`crmef.nets.prior.prior_array`,
-        e.g. their Mertens fusion; after :meth:`pair_prealigned` when ``prealign`` is set), uint8
-        (H, W, 3) RGB: the prior input of networks with ``NetConfig.prior = kind``."""
-        from crmef.nets.prior import prior_array, prior_version
-
-        key = [REFERENCE_METHOD, "pair", prior_version(kind), _file_id(under), _file_id(over), list(size)]
-        if prealign != "none":
-            key.append(prealign)
-
-        def build() -> np.ndarray:
-            u = (self.pair_prealigned(under, over, size, prealign) if prealign != "none" else self.frame(under, size))
-            frames = [a.astype(np.float32) / 255.0 for a in (u, self.frame(over, size))]
-            return np.round(prior_array(kind, frames[0], frames[1]) * 255.0)
-
-        return self.get("priors", key, build)
-
-    def pair_prealigned(self, under: Path, over: Path, size: tuple[int, int], kind: str = "flow") -> np.ndarray:
-        """The under frame of a pair pre-aligned onto the over frame
-        (:func:`crmef.nets.prior.prealign_array`), uint8 (H, W, 3) RGB: the under input of
-        networks with ``NetConfig.prealign = kind``."""
-        from crmef.nets.prior import prealign_array
-
-        key = [REFERENCE_METHOD, "prealign", kind, _file_id(under), _file_id(over), list(size)]
-
-        def build() -> np.ndarray:
-            frames = [self.frame(p, size).astype(np.float32) / 255.0 for p in (under, over)]
-            return np.round(prealign_array(kind, frames[0], frames[1]) * 255.0)
-
-        return self.get("priors", key, build)
-
     def reference(self, scene: Scene) -> np.ndarray:
         """The Mertens reference of a scene's full bracket, uint8 (H, W, 3) RGB."""
         key = [REFERENCE_METHOD, str(scene.path.resolve()), [_file_id(f.path) for f in scene.frames], list(scene.size)]
