@@ -93,7 +93,7 @@ def main() -> None:
     model, note = args.model, "given"
     if model is None:
         torch.manual_seed(0)
-        model = str(save_model(FusionNet.from_genotype(get_preset("general"), channels=16),
+        model = str(save_model(FusionNet.from_genotype(get_preset("paper_general"), channels=16),
                                Path(tmp.name) / "general_c16_random", {"name": "random"})[0])
         note = "general preset C=16, RANDOM weights"
     print(f"model: {note}; torch threads: {torch.get_num_threads()}; cpu count: {os.cpu_count()}")

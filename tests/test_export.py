@@ -16,7 +16,7 @@ ort = pytest.importorskip("onnxruntime")
 
 def test_onnx_parity_two_sizes(tmp_path):
     torch.manual_seed(0)
-    net = FusionNet.from_genotype(get_preset("general"), channels=4).eval()
+    net = FusionNet.from_genotype(get_preset("paper_general"), channels=4).eval()
     w, _ = save_model(net, tmp_path / "m", {"name": "tiny"})
     out = tmp_path / "m.onnx"
     assert main(["export", "--model", str(w), "--onnx", str(out)]) == 0
@@ -31,7 +31,7 @@ def test_onnx_parity_two_sizes(tmp_path):
 
 
 def test_aligned_export_is_refused(tmp_path, capsys):
-    net = FusionNet.from_genotype(get_preset("aligned"), channels=4)
+    net = FusionNet.from_genotype(get_preset("paper_aligned"), channels=4)
     w, _ = save_model(net, tmp_path / "a", {})
     assert main(["export", "--model", str(w), "--onnx", str(tmp_path / "a.onnx")]) == 2
     assert "deform_conv2d" in capsys.readouterr().err

@@ -13,7 +13,7 @@ from crmef.nets import FusionNet
 from crmef.space import get_preset
 
 
-@pytest.mark.parametrize("preset", ["general", "aligned"])
+@pytest.mark.parametrize("preset", ["paper_general", "paper_aligned"])
 def test_save_load_round_trip(tmp_path, preset):
     net = FusionNet.from_genotype(get_preset(preset), channels=4).eval()
     w, c = save_model(net, tmp_path / "m.safetensors", {"name": "tiny", "metrics": {"psnr": 1.0}})
@@ -43,7 +43,7 @@ def test_bad_model_files(tmp_path):
         load_model("nope")
     with pytest.raises(InputError, match="not found"):
         load_model(tmp_path / "absent.safetensors")
-    net = FusionNet.from_genotype(get_preset("general"), channels=4)
+    net = FusionNet.from_genotype(get_preset("paper_general"), channels=4)
     w, c = save_model(net, tmp_path / "m", {})
     card = json.loads(c.read_text())
     card["channels"] = 8

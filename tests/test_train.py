@@ -217,12 +217,12 @@ def test_loader_workers_after_opencv_thread_pool(hdr_maps: Path, tmp_path: Path)
 
 
 def _aligned_general():
-    """The general genotype plus the published DASM."""
+    """The published general genotype plus the published DASM."""
     from dataclasses import replace
 
     from crmef.space import get_preset
 
-    return replace(get_preset("general"), dasm=get_preset("aligned").dasm)
+    return replace(get_preset("paper_general"), dasm=get_preset("paper_aligned").dasm)
 
 
 def test_init_from_list_with_prefix(tmp_path: Path) -> None:
@@ -233,7 +233,7 @@ def test_init_from_list_with_prefix(tmp_path: Path) -> None:
     from crmef.train import ModelSpec, build_net
 
     torch.manual_seed(0)
-    plain = FusionNet.from_genotype(get_preset("general"), channels=4)
+    plain = FusionNet.from_genotype(get_preset("paper_general"), channels=4)
     torch.manual_seed(3)
     aligned = FusionNet.from_genotype(_aligned_general(), channels=4, head="retinex")
     a, b = tmp_path / "general.safetensors", tmp_path / "aligned.safetensors"
@@ -259,7 +259,7 @@ def test_init_from_list_with_prefix(tmp_path: Path) -> None:
 
 
 def test_train_only_keeps_the_rest_fixed(hdr_maps: Path, tmp_path: Path) -> None:
-    cfg = _cfg(hdr_maps, steps=2, val="null", **{"model.genotype": "aligned", "model.train_only": "[dasm.]"})
+    cfg = _cfg(hdr_maps, steps=2, val="null", **{"model.genotype": "paper_aligned", "model.train_only": "[dasm.]"})
     trainer = Trainer(cfg, tmp_path / "run", progress=False)
     before = {k: v.clone() for k, v in trainer.net.state_dict().items()}
     trainer.run()

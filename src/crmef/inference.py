@@ -13,7 +13,7 @@ tile contains, so it equals the untiled result up to float rounding, and neighbo
 blended there with linear weights that sum to one (feathered blending).
 
 **Fast mode** uses the fact that the network's maps are multiplicative and smooth. For the
-Retinex head without alignment (the general model)::
+Retinex head without alignment (the paper's general genotype)::
 
     y = (I_U ⊗ A_U + I_O ⊗ A_O) ⊘ R,    A_X = Π_s S_X^s  (the cascaded SRSM attentions)
 
@@ -471,7 +471,8 @@ def fuse(
     Args:
         images: two or more frames of one scene, each an (H, W, 3) RGB array (float in [0, 1],
             uint8 or uint16) or an image path, in any order.
-        model: ``"general"``, ``"aligned"``, a ``.safetensors`` path, or a :class:`FusionNet`.
+        model: ``"general"``, ``"aligned"``, an engine card ``.json``, a ``.safetensors`` path from
+            ``crmef train``, or a :class:`FusionNet`.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"``.
         mode: ``"auto"``, ``"fast"`` or ``"full"``.
         **options: any other :class:`FuseConfig` field (``tile``, ``max_memory``, ``all_frames``,

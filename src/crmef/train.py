@@ -88,7 +88,7 @@ class ModelSpec:
     """The network to train.
 
     Attributes:
-        genotype: a preset name (``general``, ``aligned``) or a genotype JSON file (from search).
+        genotype: a preset name (``paper_general``, ``paper_aligned``) or a genotype JSON file (from search).
         channels: feature width C.
         cascades: SRSM stages per exposure.
         head: ``"retinex"``, ``"direct"`` or None (the genotype's default).
@@ -100,7 +100,7 @@ class ModelSpec:
             initialised, e.g. ``[dasm.]`` trains the DASM alone on a trained network.
     """
 
-    genotype: str = "general"
+    genotype: str = "paper_general"
     channels: int = 16
     cascades: int = 2
     head: str | None = None

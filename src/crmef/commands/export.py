@@ -30,8 +30,8 @@ def export_onnx(net, path: str | Path, opset: int = 19) -> Path:
 
     if net.dasm is not None:
         raise InputError(
-            "ONNX export of the aligned model is not supported: torchvision.ops.deform_conv2d has no "
-            "ONNX exporter in torch 2.14 / torchvision 0.29; export a model without alignment (general)"
+            "ONNX export of a network with alignment (DASM) is not supported: torchvision.ops.deform_conv2d "
+            "has no ONNX exporter in torch 2.14 / torchvision 0.29; export a network without it"
         )
     path = Path(path)
     if path.suffix.lower() != ".onnx":
