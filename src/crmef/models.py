@@ -130,8 +130,13 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu")
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise InputError(f"{weights}: weights do not match the network in {card_path.name} ({first})") from exc
+        own = net.state_dict()
+        parts = [(what, sorted(names)) for what, names in (
+            ("unexpected", set(state) - set(own)), ("missing", set(own) - set(state)),
+            ("of another shape", {k for k in set(state) & set(own) if state[k].shape != own[k].shape}))]
+        detail = "; ".join(f"{len(n)} {what}, e.g. {n[0]}" for what, n in parts if n)
+        raise InputError(f"{weights}: weights do not match the network in {card_path.name} "
+                         f"({detail or str(exc).splitlines()[0]})") from exc
     net.card = card  # type: ignore[attr-defined]
     return net.to(device).eval()
 
