@@ -52,7 +52,8 @@ def export_onnx(net, path: str | Path, opset: int = 19) -> Path:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``export`` sub-command."""
-    p = subparsers.add_parser("export", help="export a model to ONNX (dynamic H and W)",
+    p = subparsers.add_parser("export",
+                              help="export a crmef train model (the paper network) to ONNX (dynamic H and W)",
                               description=__doc__.split("\n\n")[1] if __doc__ else None)
     p.add_argument("--model", required=True,
                    help="PATH.safetensors from crmef train (the engine models ship their network as ONNX "
