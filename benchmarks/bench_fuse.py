@@ -1,4 +1,4 @@
-"""Speed and memory of ``crmef fuse`` (fast and full) beside OpenCV Mertens, same frames.
+"""Speed and memory of the paper network's fusion (fast and full) beside OpenCV Mertens, same frames.
 
 Usage::
 
@@ -8,10 +8,10 @@ Frames: a real photo (``skimage.data.coffee()``) resized to 1 MP / 12 MP (4:3) a
 ±2 EV (inverse sRGB, scale, clip, sRGB, 8-bit). Every configuration runs in its own subprocess
 (frames loaded from .npy, model loaded, then the fusion timed ``runs`` times; the median is
 reported); peak RSS is that child's ``VmHWM`` (``/proc/self/status``, read at its end; not
-``ru_maxrss``, which on Linux also counts the parent's RSS inherited at fork). The model is the shipped
-``general`` one when installed, otherwise the general preset at C=16 with random weights (the
-shipped size; speed and memory do not depend on the weight values). The fast-vs-full quality
-cost (PSNR / SSIM between the two outputs) is printed for each size.
+``ru_maxrss``, which on Linux also counts the parent's RSS inherited at fork). The model is
+``--model`` (a FusionNet ``.safetensors`` from ``crmef train``), otherwise the paper's general
+genotype at C=16 with random weights (speed and memory do not depend on the weight values). The
+fast-vs-full quality cost (PSNR / SSIM between the two outputs) is printed for each size.
 """
 
 from __future__ import annotations
@@ -81,24 +81,21 @@ def main() -> None:
     ap.add_argument("--sizes", default="1,12", help="megapixels, comma-separated")
     ap.add_argument("--runs", type=int, default=3, help="timed runs of Mertens and fast (median)")
     ap.add_argument("--full-runs", type=int, default=1, help="timed runs of full mode")
-    ap.add_argument("--model", default=None, help="model path (default: shipped general, else C=16 random)")
+    ap.add_argument("--model", default=None, help="FusionNet .safetensors (default: C=16, random weights)")
     args = ap.parse_args()
     import torch
 
-    from crmef.models import WEIGHTS_DIR, save_model
+    from crmef.models import save_model
     from crmef.nets import FusionNet
     from crmef.space import get_preset
 
     tmp = tempfile.TemporaryDirectory()
     model, note = args.model, "given"
     if model is None:
-        if (WEIGHTS_DIR / "paper_general.safetensors").is_file():
-            model, note = "paper_general", "shipped paper_general"
-        else:
-            torch.manual_seed(0)
-            model = str(save_model(FusionNet.from_genotype(get_preset("general"), channels=16),
-                                   Path(tmp.name) / "general_c16_random", {"name": "random"})[0])
-            note = "general preset C=16, RANDOM weights (trained weights not installed)"
+        torch.manual_seed(0)
+        model = str(save_model(FusionNet.from_genotype(get_preset("paper_general"), channels=16),
+                               Path(tmp.name) / "general_c16_random", {"name": "random"})[0])
+        note = "general preset C=16, RANDOM weights"
     print(f"model: {note}; torch threads: {torch.get_num_threads()}; cpu count: {os.cpu_count()}")
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -17,7 +19,8 @@ from crmef.baselines import (
     mean,
     mertens,
 )
-from crmef.data.reference import mertens_reference
+from crmef.data.layouts import scan_brackets
+from crmef.data.reference import ArrayCache, load_rgb8, mertens_reference
 from crmef.errors import InputError
 
 
@@ -52,6 +55,31 @@ def test_mertens_uses_opencv_default_weights(fuse, monkeypatch: pytest.MonkeyPat
     fuse([np.clip(scene * 0.3, 0, 1), np.clip(scene * 3.0, 0, 1)])
     (merge,) = made
     assert (merge.getContrastWeight(), merge.getSaturationWeight(), merge.getExposureWeight()) == (1.0, 1.0, 0.0)
+
+
+@pytest.fixture
+def one_cv2_thread():
+    """OpenCV's MergeMertens on several threads differs from run to run in the last bits (seen up
+    to 1e-3 under load): compare results made on one thread."""
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    yield
+    cv2.setNumThreads(before)
+
+
+def test_reference_builder_and_baseline_are_one_mertens(shared_data: Path, tmp_path: Path, one_cv2_thread) -> None:
+    """A real bracket's training/eval reference is the ``mertens_all`` baseline of its frames,
+    and both give OpenCV the frames in BGR (its contrast weight uses its own BGR grey)."""
+    scene = next(s for s in scan_brackets(shared_data / "sequences" / "deepfuse") if s.name.endswith("Seq_41"))
+    frames = [load_rgb8(f.path, scene.size).astype(np.float32) / 255.0 for f in scene.frames]
+    baseline = FRAME_BASELINES["mertens_all"](frames)
+    np.testing.assert_array_equal(mertens_reference(frames), baseline)
+    cached = ArrayCache(tmp_path / "cache").reference(scene)
+    np.testing.assert_array_equal(cached, np.round(baseline * 255.0).astype(np.uint8))
+    bgr = cv2.createMergeMertens().process([np.ascontiguousarray(f[..., ::-1]) * np.float32(255.0) for f in frames])
+    np.testing.assert_array_equal(baseline, np.clip(bgr[..., ::-1], 0.0, 1.0))
+    rgb = np.clip(cv2.createMergeMertens().process([f * np.float32(255.0) for f in frames]), 0.0, 1.0)
+    assert np.abs(rgb - baseline).max() > 1 / 255  # the channel order matters: RGB given as BGR is another fusion
 
 
 def test_mean_is_pixel_average() -> None:

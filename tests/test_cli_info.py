@@ -8,7 +8,7 @@ from crmef.cli import main
 
 
 def test_info_json(capsys) -> None:
-    assert main(["info", "--preset", "general", "--channels", "64", "--size", "1080x1920", "--json"]) == 0
+    assert main(["info", "--preset", "paper_general", "--channels", "64", "--size", "1080x1920", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["params"] == 1_793_807
     assert info["gflops"] > 1000
@@ -30,3 +30,9 @@ def test_info_bad_genotype_exit_2(tmp_path, capsys) -> None:
     assert main(["info", "--genotype", str(path)]) == 2
     err = capsys.readouterr().err
     assert "g.json" in err and "warp_9" in err and len(err.strip().splitlines()) == 1
+
+
+def test_engine_model_names_are_not_presets(capsys) -> None:
+    """``general`` / ``aligned`` name the shipped engine models, not the paper's genotypes."""
+    assert main(["info", "--preset", "general"]) == 2
+    assert "available: paper_aligned, paper_general" in capsys.readouterr().err

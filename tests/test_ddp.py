@@ -228,7 +228,7 @@ def sice(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_paper_configs_state_the_paper() -> None:
     t = load_config(TrainConfig, PAPER_TRAIN)
-    assert (t.model.genotype, t.model.channels, t.data.crop, t.epochs) == ("general", 64, 128, 2000)
+    assert (t.model.genotype, t.model.channels, t.data.crop, t.epochs) == ("paper_general", 64, 128, 2000)
     assert (t.loss.gradient, t.loss.adversarial, t.optim.lr, t.optim.lr_min) == (0.75, 0.05, 1e-4, 1e-10)
     assert t.data.augment and [s.kind for s in t.data.sources] == ["sice"]
     s = load_config(SearchConfig, PAPER_SEARCH)

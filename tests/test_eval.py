@@ -144,7 +144,7 @@ def test_model_method_reports_params_and_flops(tmp_path: Path) -> None:
     from crmef.nets.fusion import FusionNet
     from crmef.space import get_preset
 
-    weights, _ = save_model(FusionNet.from_genotype(get_preset("general"), channels=4), tmp_path / "tiny", {"name": "tiny"})
+    weights, _ = save_model(FusionNet.from_genotype(get_preset("paper_general"), channels=4), tmp_path / "tiny", {"name": "tiny"})
     res = evaluate(_samples(1), parse_methods(f"mertens,model:{weights}"), ["psnr"], tmp_path / "o", "k", progress=False)
     by = {e["method"]: e for e in res.summary()}
     assert by["model:tiny"]["params"] > 0 and by["model:tiny"]["gflops"] > 0

@@ -14,10 +14,9 @@ from crmef.space import get_preset
 ort = pytest.importorskip("onnxruntime")
 
 
-@pytest.mark.parametrize("illum_smooth", [0, 3])
-def test_onnx_parity_two_sizes(tmp_path, illum_smooth):
+def test_onnx_parity_two_sizes(tmp_path):
     torch.manual_seed(0)
-    net = FusionNet.from_genotype(get_preset("general"), channels=4, illum_smooth=illum_smooth).eval()
+    net = FusionNet.from_genotype(get_preset("paper_general"), channels=4).eval()
     w, _ = save_model(net, tmp_path / "m", {"name": "tiny"})
     out = tmp_path / "m.onnx"
     assert main(["export", "--model", str(w), "--onnx", str(out)]) == 0
@@ -32,8 +31,13 @@ def test_onnx_parity_two_sizes(tmp_path, illum_smooth):
 
 
 def test_aligned_export_is_refused(tmp_path, capsys):
-    net = FusionNet.from_genotype(get_preset("aligned"), channels=4)
+    net = FusionNet.from_genotype(get_preset("paper_aligned"), channels=4)
     w, _ = save_model(net, tmp_path / "a", {})
     assert main(["export", "--model", str(w), "--onnx", str(tmp_path / "a.onnx")]) == 2
     assert "deform_conv2d" in capsys.readouterr().err
     assert not (tmp_path / "a.onnx").exists()
+
+
+def test_engine_model_is_not_exported(tmp_path, capsys):
+    assert main(["export", "--model", "general", "--onnx", str(tmp_path / "g.onnx")]) == 2
+    assert "exposure.onnx" in capsys.readouterr().err

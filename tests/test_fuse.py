@@ -16,7 +16,7 @@ from crmef.space import get_preset
 @pytest.fixture(scope="module")
 def net() -> FusionNet:
     torch.manual_seed(0)
-    return FusionNet.from_genotype(get_preset("general"), channels=4).eval()
+    return FusionNet.from_genotype(get_preset("paper_general"), channels=4).eval()
 
 
 def scene(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -50,21 +50,21 @@ def test_full_equals_network(net):
     np.testing.assert_allclose(y, ref[0].permute(1, 2, 0).numpy(), atol=1e-6)
 
 
-@pytest.mark.parametrize("preset", ["general", "aligned"])
+@pytest.mark.parametrize("preset", ["paper_general", "paper_aligned"])
 def test_tiled_equals_untiled(preset):
     torch.manual_seed(1)
     net = FusionNet.from_genotype(get_preset(preset), channels=4).eval()
     rf = receptive_field(net)
     assert 8 <= rf < 200
-    h, w = (150, 203) if preset == "general" else (64, 330)  # deformable convs are slow on CPU
+    h, w = (150, 203) if preset == "paper_general" else (64, 330)  # deformable convs are slow on CPU
     u, o = sorted(bracket(h, w, seed=3), key=np.mean)
     whole = run_full(net, u, o)
     tiles = []
-    tile = 48 if preset == "general" else 64
+    tile = 48 if preset == "paper_general" else 64
     tiled = run_full(net, u, o, tile=tile, progress=lambda d, t: tiles.append(t))
     assert tiles and tiles[0] >= 4  # really tiled
     assert np.abs(whole - tiled).max() < 1 / 255
-    if preset == "aligned":
+    if preset == "paper_aligned":
         return
     # automatic tiling from the memory budget gives the same image
     auto = run_full(net, u, o, max_memory=32 << 20)
@@ -92,7 +92,7 @@ def test_fast_mode_close_to_full(net):
 
 def test_fast_mode_direct_head():
     torch.manual_seed(2)
-    net = FusionNet.from_genotype(get_preset("aligned"), channels=4).eval()
+    net = FusionNet.from_genotype(get_preset("paper_aligned"), channels=4).eval()
     u, o = sorted(bracket(100, 150, seed=6), key=np.mean)
     full = run_full(net, u, o)
     fast = run_fast(net, u, o, fast_size=75)

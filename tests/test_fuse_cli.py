@@ -17,7 +17,7 @@ from crmef.space import get_preset
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> str:
     torch.manual_seed(0)
-    net = FusionNet.from_genotype(get_preset("general"), channels=4)
+    net = FusionNet.from_genotype(get_preset("paper_general"), channels=4)
     path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
     save_model(net, path, {"name": "tiny"})
     return str(path)

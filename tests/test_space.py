@@ -85,7 +85,7 @@ def test_genotype_json_round_trip(tmp_path) -> None:
         assert Genotype.load(tmp_path / "g.json") == g
     per_instance = Genotype(srsm=[["conv_1", "conv_3", "conv_5"], ["dilconv_3", "conv_3", "conv_7"]], drm=["conv_3"])
     assert Genotype.from_json(per_instance.to_json()) == per_instance
-    assert json.loads(get_preset("general").to_json())["srsm"] == ["conv_3", "conv_3", "conv_3"]
+    assert json.loads(get_preset("paper_general").to_json())["srsm"] == ["conv_3", "conv_3", "conv_3"]
 
 
 @pytest.mark.parametrize(

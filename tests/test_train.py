@@ -214,3 +214,64 @@ def test_loader_workers_after_opencv_thread_pool(hdr_maps: Path, tmp_path: Path)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=90)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "steps 2" in done.stdout
+
+
+def _aligned_general():
+    """The published general genotype plus the published DASM."""
+    from dataclasses import replace
+
+    from crmef.space import get_preset
+
+    return replace(get_preset("paper_general"), dasm=get_preset("paper_aligned").dasm)
+
+
+def test_init_from_list_with_prefix(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from crmef.nets import FusionNet
+    from crmef.space import get_preset
+    from crmef.train import ModelSpec, build_net
+
+    torch.manual_seed(0)
+    plain = FusionNet.from_genotype(get_preset("paper_general"), channels=4)
+    torch.manual_seed(3)
+    aligned = FusionNet.from_genotype(_aligned_general(), channels=4, head="retinex")
+    a, b = tmp_path / "general.safetensors", tmp_path / "aligned.safetensors"
+    save_file({k: v.contiguous() for k, v in plain.state_dict().items()}, str(a))
+    save_file({k: v.contiguous() for k, v in aligned.state_dict().items()}, str(b))
+    geno = tmp_path / "g.json"
+    geno.write_text(json.dumps(_aligned_general().to_dict()))
+    net = build_net(ModelSpec(genotype=str(geno), channels=4, head="retinex",
+                              init_from=[str(a), {"path": str(b), "prefix": "dasm."}]))
+    first = plain.state_dict()
+    taken = 0
+    for k, v in net.state_dict().items():
+        if k.startswith("dasm."):
+            torch.testing.assert_close(v, aligned.state_dict()[k])
+        elif k in first and first[k].shape == v.shape:  # the DRM stem differs: 3 channels in without DASM
+            torch.testing.assert_close(v, first[k])
+            taken += 1
+    assert taken > 0
+    with pytest.raises(ConfigError, match="path or"):
+        build_net(ModelSpec(genotype=str(geno), channels=4, init_from=[{"file": str(a)}]))
+    with pytest.raises(ConfigError, match="under 'nothing.'"):
+        build_net(ModelSpec(genotype=str(geno), channels=4, init_from=[{"path": str(a), "prefix": "nothing."}]))
+
+
+def test_train_only_keeps_the_rest_fixed(hdr_maps: Path, tmp_path: Path) -> None:
+    cfg = _cfg(hdr_maps, steps=2, val="null", **{"model.genotype": "paper_aligned", "model.train_only": "[dasm.]"})
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    before = {k: v.clone() for k, v in trainer.net.state_dict().items()}
+    trainer.run()
+    after = trainer.net.state_dict()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved and all(k.startswith("dasm.") for k in moved)
+    with pytest.raises(ConfigError, match="no parameter starts with 'dsam.'"):
+        Trainer(_cfg(hdr_maps, **{"model.train_only": "[dsam.]"}), tmp_path / "r2", progress=False)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "train").glob("*.yaml")), ids=lambda p: p.name)
+def test_committed_configs_load(path: Path) -> None:
+    """Every committed training config holds only keys the trainer knows (none of a removed option)."""
+    cfg = load_config(TrainConfig, path)
+    assert cfg.model.channels >= 1

@@ -3,9 +3,9 @@
 Public API (imported lazily so that ``import crmef`` stays fast):
 
 - :func:`fuse` — fuse a bracket of photos into one image (numpy in, numpy out).
-- :func:`load_model` — a shipped default model (``"general"``, ``"aligned"``) or a weights path.
+- :func:`load_model` — the paper's network from a ``.safetensors`` / ``.json`` path (``crmef train``).
 - :class:`Genotype` — the searched architecture as plain data.
-- :class:`FusionNet` — the network (super-net while searching, compact once derived).
+- :class:`FusionNet` — the paper's network (super-net while searching, compact once derived).
 """
 
 from __future__ import annotations

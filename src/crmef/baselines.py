@@ -41,26 +41,26 @@ def _check_frames(frames: Sequence[np.ndarray], minimum: int = 1) -> list[np.nda
     return out
 
 
-def mertens(frames: Sequence[np.ndarray], weights: tuple[float, float, float] | None = None) -> np.ndarray:
+def mertens(frames: Sequence[np.ndarray]) -> np.ndarray:
     """Mertens et al. (2007) exposure fusion with OpenCV's default weights (contrast 1,
     saturation 1, well-exposedness 0: OpenCV leaves the paper's third term out by default).
 
-    OpenCV's ``MergeMertens`` scales its input by 1/255 whatever the dtype, so the frames are
-    passed as float32 in 0..255 (no 8-bit quantisation) and the result is clipped to [0, 1].
+    The one Mertens wrapper of crmef: the ``mertens`` / ``mertens_all`` baselines and the
+    references of brackets without ground truth (:func:`crmef.data.reference.mertens_reference`)
+    both call it. RGB in, RGB out; OpenCV gets BGR, because its contrast measure is computed on
+    its own BGR-to-grey conversion. ``MergeMertens`` scales its input by 1/255 whatever the dtype,
+    so the frames are passed as float32 in 0..255 (no 8-bit quantisation) and the result is
+    clipped to [0, 1].
 
     Args:
         frames: two or more float32 (H, W, 3) RGB images in [0, 1], same size, any order.
-        weights: the exponents (contrast, saturation, well-exposedness) of Mertens's quality
-            measures; None: OpenCV's defaults (the baseline). The prior ``"mertens_detail"``
-            (:func:`crmef.nets.prior.prior_array`) takes its detail from (2, 1, 0).
 
     Returns:
         float32 (H, W, 3) RGB in [0, 1].
     """
     fs = _check_frames(frames, 2)
     bgr = [np.ascontiguousarray(f[..., ::-1] * np.float32(255.0)) for f in fs]
-    merge = cv2.createMergeMertens() if weights is None else cv2.createMergeMertens(*(float(w) for w in weights))
-    fused = merge.process(bgr)
+    fused = cv2.createMergeMertens().process(bgr)
     return np.clip(fused[..., ::-1], 0.0, 1.0).astype(np.float32)
 
 

@@ -10,13 +10,10 @@ has a neighbour. The margin is the measured receptive-field radius of the networ
 (:func:`receptive_field`, the extent of the non-zero input gradient of one output pixel) plus
 half a feathering band: every output pixel inside ``core ± feather/2`` only sees input that the
 tile contains, so it equals the untiled result up to float rounding, and neighbouring tiles are
-blended there with linear weights that sum to one (feathered blending). A network with a
-prior (``NetConfig.prior``: Mertens fusion) runs its network without the blend on the tiles and
-the blend once on the whole image, with the whole image's prior (a global operator: a per-tile
-prior would show seams); the blend's wide 1/8-resolution context then costs no tile overlap.
+blended there with linear weights that sum to one (feathered blending).
 
 **Fast mode** uses the fact that the network's maps are multiplicative and smooth. For the
-Retinex head without alignment (the general model)::
+Retinex head without alignment (the paper's general genotype)::
 
     y = (I_U ⊗ A_U + I_O ⊗ A_O) ⊘ R,    A_X = Π_s S_X^s  (the cascaded SRSM attentions)
 
@@ -25,8 +22,8 @@ side of ``fast_size`` pixels, transferred to full resolution with a fast guided 
 (He & Sun 2015: the linear coefficients ``a, b`` of ``map ≈ a·guide + b`` are fitted at low
 resolution in box windows, bilinearly upsampled, and applied to the full-resolution guide, the
 luma of the image the map multiplies), and the products and the division are done at full
-resolution in row strips. For the direct head, for any model with alignment and for a model with
-the Mertens prior (computed on the reduced pair), the low-res output is transferred as a guided-upsampled ratio to the full-resolution base ``(I_U+I_O)/2``.
+resolution in row strips. For the direct head and for any model with alignment, the low-res
+output is transferred as a guided-upsampled ratio to the full-resolution base ``(I_U+I_O)/2``.
 
 **N frames**: frames are ordered darkest to brightest (EXIF exposure when every file has it,
 else trimmed-mean brightness; :mod:`crmef.data.exposure`). By default the darkest and brightest
@@ -52,7 +49,6 @@ import torch.nn.functional as F
 from crmef.engine import engine_card
 from crmef.errors import InputError
 from crmef.nets.fusion import FusionNet
-from crmef.nets.prior import prealign_array, prior_array
 from crmef.utils import resolve_device
 
 MODES = ("auto", "fast", "full")
@@ -178,8 +174,8 @@ def usable_pair(frames: Sequence[np.ndarray], clip_fraction: float = 0.95) -> tu
 
 # --------------------------------------------------------------------------- receptive field
 def receptive_field(net: FusionNet, device: torch.device | str = "cpu") -> int:
-    """Measured receptive-field radius (pixels) of ``net`` without its prior blend (run_full
-    applies a blend once to the whole image): how far an input pixel can affect an output pixel.
+    """Measured receptive-field radius (pixels) of ``net``: how far an input pixel can affect an
+    output pixel.
 
     One input pixel (at two parities, in both frames) is changed and the extent of the change of
     the unclipped output is measured, on an input grown until that extent stops short of its
@@ -275,50 +271,11 @@ def run_full(
     Tiling happens when ``tile`` is given or the estimated working memory
     (``H·W·bytes_per_pixel``) exceeds ``max_memory``. Overlap margin = measured receptive field
     + ``feather/2`` + 8, rounded up to the net's multiple, so tiles equal untiled inference.
-    A net with a prior runs in two passes: its network without the blend on tiles of the inputs
-    padded to its multiple (as its forward pads them), then the blend once on the whole image
-    with the whole image's prior (a global operator) — the blend's 1/8-resolution context never
-    widens the tile overlap. The inputs are taken as prepared: a net with
-    ``NetConfig.prealign`` gets them pre-aligned (:func:`fuse_pair` does it).
     """
     device = torch.device(device)
     h, w = under.shape[:2]
     if tile is None and h * w * bytes_per_pixel(net) <= max_memory:
-        # the prior of the pair as given: a pre-aligning net gets its under frame pre-aligned
-        # by fuse_pair and must not align it again
-        p = _to_tensor(prior_array(net.config.prior, under, over), device) if net.blend is not None else None
-        return _to_numpy(net(_to_tensor(under, device), _to_tensor(over, device), p))
-    if net.blend is None:
-        return _tiled(net, under, over, tile, max_memory, feather, device, progress)
-    ph, pw, reflect = net.padding(h, w)
-    mode = "reflect" if reflect else "edge"  # numpy's names for FusionNet.forward's padding
-
-    def pad(a: np.ndarray) -> np.ndarray:
-        return np.pad(a, ((0, ph), (0, pw), (0, 0)), mode=mode) if (ph or pw) else a
-
-    prior = pad(prior_array(net.config.prior, under, over))
-    under_p, over_p = pad(np.asarray(under, dtype=np.float32)), pad(np.asarray(over, dtype=np.float32))
-    y = _tiled(net, under_p, over_p, tile, max_memory, feather, device, progress, raw=True)
-    with torch.no_grad():
-        yt, pt = _to_tensor(y, device), _to_tensor(prior, device)
-        out = net.blend(yt, pt, _to_tensor(under_p, device), _to_tensor(over_p, device))
-    return _to_numpy(out)[:h, :w]
-
-
-def _tiled(
-    net: FusionNet,
-    under: np.ndarray,
-    over: np.ndarray,
-    tile: int | None,
-    max_memory: int,
-    feather: int,
-    device: torch.device,
-    progress: Callable[[int, int], None] | None,
-    raw: bool = False,
-) -> np.ndarray:
-    """The tile loop of :func:`run_full`: ``net`` (or ``net.fuse_raw`` when ``raw``; then H and W
-    are multiples of ``net.multiple``) on overlapping tiles, feather-blended. (H, W, 3) x2 -> (H, W, 3)."""
-    h, w = under.shape[:2]
+        return _to_numpy(net(_to_tensor(under, device), _to_tensor(over, device)))
     m = net.multiple
     rf = receptive_field(net, device)
     margin = int(math.ceil((rf + feather / 2 + 8) / m) * m)  # +8: safety over the measured radius
@@ -333,7 +290,7 @@ def _tiled(
         for x0, x1, _, _, wx in xs:
             u = _to_tensor(under[y0:y1, x0:x1], device)
             o = _to_tensor(over[y0:y1, x0:x1], device)
-            res = _to_numpy(net.fuse_raw(u, o) if raw else net(u, o))
+            res = _to_numpy(net(u, o))
             wt = (wy[:, None] * wx[None, :])[..., None]
             out[y0:y1, x0:x1] += res * wt
             acc[y0:y1, x0:x1] += wt
@@ -406,11 +363,7 @@ def run_fast(
     strip: int = 256,
 ) -> np.ndarray:
     """Fast mode (module docstring): maps at longest side ``fast_size``, guided upsampling,
-    application at full resolution in row strips. (H, W, 3) x2 -> (H, W, 3) float32.
-
-    A net with ``illum_smooth = r`` smooths its illumination map at the reduced size, i.e. over
-    ``r`` reduced pixels (a wider footprint at full resolution than in full mode). The inputs are
-    taken as prepared (pre-aligned for a net with ``NetConfig.prealign``; :func:`fuse_pair`)."""
+    application at full resolution in row strips. (H, W, 3) x2 -> (H, W, 3) float32."""
     device = torch.device(device)
     h, w = under.shape[:2]
     lh, lw = _reduced_size(h, w, fast_size, net.multiple)
@@ -420,7 +373,7 @@ def run_fast(
     up = _Upsampler((lh, lw), (h, w))
     out = np.empty((h, w, 3), dtype=np.float32)
     eps = net.config.eps
-    if net.config.head == "retinex" and net.dasm is None and net.blend is None:
+    if net.config.head == "retinex" and net.dasm is None:
         au, ao = torch.ones_like(tu), torch.ones_like(to)
         ru, ro = tu, to
         for s in range(net.config.cascades):
@@ -442,10 +395,8 @@ def run_fast(
             np.divide(fa_s, np.maximum(illum_s, eps), out=fa_s)
             np.clip(fa_s, 0.0, 1.0, out=out[r0:r1])
         return out
-    # direct head, alignment or Mertens prior (of the reduced pair): transfer the low-res output
-    # as a ratio to the base (I_U+I_O)/2
-    pl = _to_tensor(prior_array(net.config.prior, ul, ol), device) if net.blend is not None else None
-    yl = _to_numpy(net(tu, to, pl))
+    # direct head or alignment: transfer the low-res output as a ratio to the base (I_U+I_O)/2
+    yl = _to_numpy(net(tu, to))
     base_l = 0.5 * (ul + ol)
     ratio = yl / (base_l + 1e-2)
     cb = np.concatenate(guided_coefficients(luma(base_l), ratio, gf_radius, gf_eps), axis=2)
@@ -467,11 +418,7 @@ def resolve_mode(mode: str, device: torch.device, pixels: int, threshold_mp: flo
 
 
 def fuse_pair(net: FusionNet, under: np.ndarray, over: np.ndarray, cfg: FuseConfig, device: torch.device) -> np.ndarray:
-    """Fuse one (under, over) pair of (H, W, 3) float32 arrays with ``cfg`` -> (H, W, 3).
-
-    A net with ``NetConfig.prealign`` gets the under frame pre-aligned onto the over frame here,
-    once for the whole image (the modes below take their inputs as prepared)."""
-    under = prealign_array(net.config.prealign, under, over)
+    """Fuse one (under, over) pair of (H, W, 3) float32 arrays with ``cfg`` -> (H, W, 3)."""
     mode = resolve_mode(cfg.mode, device, under.shape[0] * under.shape[1], cfg.fast_threshold_mp)
     if mode == "fast":
         return run_fast(net, under, over, cfg.fast_size, cfg.gf_radius, cfg.gf_eps, device)
@@ -518,13 +465,14 @@ def fuse(
 
     With an engine model (``"general"``, the default, ``"aligned"``, or an engine card ``.json``)
     every usable frame is fused at once by :mod:`crmef.engine` (``extremes=True``: only the
-    darkest and brightest usable frames); with the paper's network (``"paper_general"``,
-    ``"paper_aligned"``, a ``.safetensors`` path or a :class:`FusionNet`) the pair path below.
+    darkest and brightest usable frames); with the paper's network (a ``.safetensors`` path from
+    ``crmef train``, or a :class:`FusionNet`) the pair path below.
 
     Args:
         images: two or more frames of one scene, each an (H, W, 3) RGB array (float in [0, 1],
             uint8 or uint16) or an image path, in any order.
-        model: ``"general"``, ``"aligned"``, a ``.safetensors`` path, or a :class:`FusionNet`.
+        model: ``"general"``, ``"aligned"``, an engine card ``.json``, a ``.safetensors`` path from
+            ``crmef train``, or a :class:`FusionNet`.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"``.
         mode: ``"auto"``, ``"fast"`` or ``"full"``.
         **options: any other :class:`FuseConfig` field (``tile``, ``max_memory``, ``all_frames``,

@@ -1,4 +1,4 @@
-"""Loading and saving fusion models: safetensors weights plus a JSON model card.
+"""Loading and saving the paper's network (:class:`FusionNet`): safetensors weights plus a JSON model card.
 
 A model is two files side by side:
 
@@ -7,7 +7,7 @@ A model is two files side by side:
 - ``<name>.json`` — the model card, a JSON object::
 
     {
-      "name": "general",                       # short name (str)
+      "name": "mine",                          # short name (str)
       "genotype": {"srsm": [[...]], "drm": [...], "dasm": null | [...]},   # Genotype.to_dict()
       "channels": 16,                          # feature width C (int)
       "cascades": 2,                           # SRSM stages per exposure (int)
@@ -20,9 +20,10 @@ A model is two files side by side:
 Only ``genotype``, ``channels``, ``cascades`` and ``head`` are needed to build the network;
 ``training`` and ``metrics`` are documentation and are carried as given.
 
-Shipped defaults live in ``crmef/weights/`` (``general``, ``aligned``); :func:`load_model` takes
-either such a name or a path to a ``.safetensors`` file (its card is the sibling ``.json``) or to
-the ``.json`` card (its weights are the sibling ``.safetensors``).
+``crmef train`` writes such pairs; :func:`load_model` takes a path to the ``.safetensors`` file
+(its card is the sibling ``.json``) or to the ``.json`` card (its weights are the sibling
+``.safetensors``). No FusionNet is shipped: the shipped models (``general``, ``aligned``) are
+engine models (:mod:`crmef.engine`).
 """
 
 from __future__ import annotations
@@ -35,45 +36,36 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from crmef.engine import ENGINE_MODELS
 from crmef.errors import InputError
-from crmef.nets.fusion import NET_OPTIONS, FusionNet, NetConfig
+from crmef.nets.fusion import FusionNet, NetConfig
 from crmef.space import Genotype
 from crmef.utils import atomic_path, atomic_write_text
 
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-"""Directory of the shipped default models."""
-DEFAULT_MODELS = ("paper_general", "paper_aligned")
-"""Names that resolve to shipped models."""
+MODEL_CHOICES = (f"{', '.join(ENGINE_MODELS)} (the engine), an engine card .json, or a .safetensors from "
+                 "crmef train (the paper's network, its .json card beside it)")
+"""What ``--model`` takes, for error messages."""
 CARD_REQUIRED = ("genotype", "channels", "cascades", "head")
 """Model-card keys needed to build the network."""
 
 
-def resolve_model_paths(name_or_path: str | os.PathLike[str]) -> tuple[Path, Path]:
-    """Map a model name or path to ``(weights.safetensors, card.json)``.
+def resolve_model_paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """Map a model path to ``(weights.safetensors, card.json)``.
 
     Raises:
-        InputError: the name is unknown, or the weights/card files do not exist.
+        InputError: not a ``.safetensors`` / ``.json`` path (the message lists :data:`MODEL_CHOICES`),
+            or the weights/card files do not exist.
     """
-    text = str(name_or_path)
-    if text in DEFAULT_MODELS:
-        weights = WEIGHTS_DIR / f"{text}.safetensors"
-        card = WEIGHTS_DIR / f"{text}.json"
-        if not weights.is_file() or not card.is_file():
-            raise InputError(
-                f"the default model {text!r} is not installed: {weights} (and its card {card.name}) "
-                "not found; train it (crmef train) or pass --model PATH.safetensors"
-            )
-        return weights, card
-    path = Path(text)
+    path = Path(path)
     if path.suffix.lower() == ".json":
         card, weights = path, path.with_suffix(".safetensors")
     elif path.suffix.lower() == ".safetensors":
         weights, card = path, path.with_suffix(".json")
+    elif str(path) in ENGINE_MODELS:
+        raise InputError(f"{str(path)!r} is an engine model, not the paper's network: crmef.engine.load_engine "
+                         "loads it (crmef fuse and crmef.fuse take either)")
     else:
-        raise InputError(
-            f"unknown model {text!r}: use one of {', '.join(DEFAULT_MODELS)} or a path to a "
-            ".safetensors file with a sibling .json model card"
-        )
+        raise InputError(f"unknown model {str(path)!r}: use {MODEL_CHOICES}")
     if not weights.is_file():
         raise InputError(f"{weights}: model weights not found")
     if not card.is_file():
@@ -108,20 +100,18 @@ def build_from_card(card: dict[str, Any], where: str = "model card") -> FusionNe
     """
     try:
         genotype = Genotype.from_dict(card["genotype"])
-        defaults = NetConfig()
-        options = {k: type(getattr(defaults, k))(card[k]) for k in NET_OPTIONS if k in card}
         return FusionNet.from_genotype(genotype, channels=int(card["channels"]), cascades=int(card["cascades"]),
-                                       head=card["head"], **options)
+                                       head=card["head"], eps=float(card.get("eps", NetConfig.eps)))
     except (ValueError, TypeError, KeyError) as exc:
         raise InputError(f"{where}: invalid model description ({exc})") from exc
 
 
-def load_model(name_or_path: str | os.PathLike[str], device: str | torch.device = "cpu") -> FusionNet:
-    """Load a fusion model by name (``"general"``, ``"aligned"``) or path, in eval mode.
+def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> FusionNet:
+    """Load a :class:`FusionNet` (e.g. from ``crmef train``) in eval mode.
 
     Args:
-        name_or_path: shipped model name, or a ``.safetensors`` / ``.json`` path (the other file
-            of the pair must sit beside it with the same stem).
+        path: a ``.safetensors`` / ``.json`` path (the other file of the pair must sit beside it
+            with the same stem).
         device: where to put the network.
 
     Returns:
@@ -130,7 +120,7 @@ def load_model(name_or_path: str | os.PathLike[str], device: str | torch.device 
     Raises:
         InputError: missing files, bad card, or weights that do not fit the described network.
     """
-    weights, card_path = resolve_model_paths(name_or_path)
+    weights, card_path = resolve_model_paths(path)
     card = read_card(card_path)
     net = build_from_card(card, where=str(card_path))
     try:
@@ -140,8 +130,13 @@ def load_model(name_or_path: str | os.PathLike[str], device: str | torch.device 
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise InputError(f"{weights}: weights do not match the network in {card_path.name} ({first})") from exc
+        own = net.state_dict()
+        parts = [(what, sorted(names)) for what, names in (
+            ("unexpected", set(state) - set(own)), ("missing", set(own) - set(state)),
+            ("of another shape", {k for k in set(state) & set(own) if state[k].shape != own[k].shape}))]
+        detail = "; ".join(f"{len(n)} {what}, e.g. {n[0]}" for what, n in parts if n)
+        raise InputError(f"{weights}: weights do not match the network in {card_path.name} "
+                         f"({detail or str(exc).splitlines()[0]})") from exc
     net.card = card  # type: ignore[attr-defined]
     return net.to(device).eval()
 
@@ -149,8 +144,7 @@ def load_model(name_or_path: str | os.PathLike[str], device: str | torch.device 
 def save_model(net: FusionNet, path: str | os.PathLike[str], card: dict[str, Any]) -> tuple[Path, Path]:
     """Save ``net`` as ``<path>.safetensors`` plus the model card ``<path>.json``, atomically.
 
-    The structural keys (``genotype``, ``channels``, ``cascades``, ``head`` and
-    :data:`~crmef.nets.fusion.NET_OPTIONS`) are filled
+    The structural keys (``genotype``, ``channels``, ``cascades``, ``head``, ``eps``) are filled
     from the network itself, so the card always describes the weights; ``card`` supplies
     ``name``, ``training``, ``metrics`` and anything else (kept as given).
 
@@ -178,7 +172,7 @@ def save_model(net: FusionNet, path: str | os.PathLike[str], card: dict[str, Any
         channels=cfg.channels,
         cascades=cfg.cascades,
         head=cfg.head,
-        **{k: getattr(cfg, k) for k in NET_OPTIONS},
+        eps=cfg.eps,
     )
     full.setdefault("training", {})
     full.setdefault("metrics", {})

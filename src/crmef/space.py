@@ -385,15 +385,16 @@ def _check_slot_op(kind: str, where: str, name: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Published genotypes (authors' code) as presets
+# Published genotypes (authors' code) as presets. Named paper_*: the shipped models ``general`` and
+# ``aligned`` are engine models (crmef.engine), not these networks.
 # --------------------------------------------------------------------------------------------
 
 PRESETS: dict[str, Genotype] = {
-    "general": Genotype(
+    "paper_general": Genotype(
         srsm=("conv_3", "conv_3", "conv_3"),  # type: ignore[arg-type]
         drm=("resdilconv_3", "resdilconv_3", "resconv_3", "resconv_3"),
     ),
-    "aligned": Genotype(
+    "paper_aligned": Genotype(
         srsm=("conv_3", "conv_3", "dilconv_3"),  # type: ignore[arg-type]
         drm=("resconv_3", "resdilconv_3", "resdilconv_3", "resconv_3"),
         dasm=("deform_5", "deform_5", "deform_5", "deform_3"),
@@ -402,7 +403,7 @@ PRESETS: dict[str, Genotype] = {
 
 
 def get_preset(name: str) -> Genotype:
-    """The published genotype ``name`` (``general`` or ``aligned``)."""
+    """The published genotype ``name`` (``paper_general`` or ``paper_aligned``)."""
     try:
         return PRESETS[name]
     except KeyError:

@@ -56,8 +56,7 @@ from crmef.data.datasets import DataConfig, MixedDataset, build_dataset
 from crmef.errors import ConfigError, CrmefError
 from crmef.losses import FusionLoss, LossConfig, critic_loss
 from crmef.nets.critic import CriticConfig, PatchCritic
-from crmef.nets.fusion import NET_OPTIONS, FusionNet
-from crmef.nets.prior import PRIORS
+from crmef.nets.fusion import FusionNet
 from crmef.runtime import EpochSampler
 from crmef.space import Genotype, get_preset
 from crmef.utils import atomic_write_text
@@ -89,44 +88,22 @@ class ModelSpec:
     """The network to train.
 
     Attributes:
-        genotype: a preset name (``general``, ``aligned``) or a genotype JSON file (from search).
+        genotype: a preset name (``paper_general``, ``paper_aligned``) or a genotype JSON file (from search).
         channels: feature width C.
         cascades: SRSM stages per exposure.
         head: ``"retinex"``, ``"direct"`` or None (the genotype's default).
-        illum_smooth: box radius of the Retinex illumination map (0: the paper's per-pixel map).
-        prior: ``"none"`` (the paper), ``"mertens"``, ``"flow_mertens"`` or ``"mertens_detail"`` (learned blend with that
-            classical fusion of the inputs; :mod:`crmef.nets.prior`).
-        detail: low-pass scale (pixels) of the prior's learned detail transfer (0: none).
-        detail_space: ``"rgb"`` (detail added per channel), ``"luma"`` (its luma in full, its
-            chroma scaled by the base-to-prior luminance ratio) or ``"luma_gamut"`` (and its chroma
-            kept in [0, 1]; :class:`~crmef.nets.prior.PriorBlend`).
-        headroom: envelope scale (pixels) that keeps the transferred detail in [0, 1] (0: clip).
-        dark_guard: stops (0: off) beyond which an output darker than the prior moves the blend
-            towards the prior (:class:`~crmef.nets.prior.PriorBlend`).
-        prealign: ``"none"`` or ``"flow"`` (the under frame warped onto the over frame by optical
-            flow before the network; needs ``prior: mertens`` or ``mertens_detail``).
-        align_mode: ``"features"`` (the paper's DASM) or ``"residual"`` (DASM corrects the relit
-            under image; :class:`~crmef.nets.fusion.NetConfig`).
         init_from: optional ``.safetensors`` model (or checkpoint ``model.safetensors``) whose
             tensors of matching name and shape initialise the network (fine-tuning); or a list
             of such paths and ``{path, prefix}`` entries (only tensors under ``prefix``), loaded
             in order, later entries overriding earlier ones.
         train_only: parameter-name prefixes that are trained (None: all); the rest stays as
-            initialised, e.g. ``[dasm., align_out.]`` trains a residual DASM on a trained network.
+            initialised, e.g. ``[dasm.]`` trains the DASM alone on a trained network.
     """
 
-    genotype: str = "general"
+    genotype: str = "paper_general"
     channels: int = 16
     cascades: int = 2
     head: str | None = None
-    illum_smooth: int = 0
-    prior: str = "none"
-    detail: int = 0
-    detail_space: str = "rgb"
-    headroom: int = 0
-    dark_guard: float = 0.0
-    prealign: str = "none"
-    align_mode: str = "features"
     init_from: str | list[str | dict[str, str]] | None = None
     train_only: list[str] | None = None
 
@@ -233,13 +210,6 @@ class TrainConfig:
                 raise ConfigError(f"loss.lpips needs the LPIPS weights, which are not installed: run `{INSTALL_COMMAND}`")
         if not 0 < self.optim.lr_min <= self.optim.lr:
             raise ConfigError(f"optim.lr_min must be in (0, optim.lr], got {self.optim.lr_min} and {self.optim.lr}")
-        if self.model.prior not in PRIORS:
-            raise ConfigError(f"model.prior must be one of {', '.join(PRIORS)}, got {self.model.prior!r}")
-        # A net with a prior takes it as an input: the data pipeline supplies it (DataConfig
-        # validates the combination, e.g. no Mertens prior on misaligned pairs).
-        self.data = replace(self.data, prior=self.model.prior, prealign=self.model.prealign)
-        if self.val is not None:
-            self.val = replace(self.val, prior=self.model.prior, prealign=self.model.prealign)
 
 
 @dataclass
@@ -285,9 +255,7 @@ def build_net(spec: ModelSpec) -> FusionNet:
     """
     genotype = load_genotype(spec.genotype)
     try:
-        options = {k: getattr(spec, k) for k in NET_OPTIONS if hasattr(spec, k)}  # ModelSpec keeps eps at its default
-        net = FusionNet.from_genotype(genotype, channels=spec.channels, cascades=spec.cascades, head=spec.head,
-                                       **options)
+        net = FusionNet.from_genotype(genotype, channels=spec.channels, cascades=spec.cascades, head=spec.head)
     except ValueError as exc:
         raise ConfigError(f"model: {exc}") from exc
     if spec.init_from:
@@ -530,11 +498,10 @@ class Trainer:
             NonFiniteLossError: a loss is NaN/inf on any rank (nothing is updated by that step).
         """
         under, over, ref = (batch[k].to(self.device, non_blocking=True) for k in ("under", "over", "ref"))
-        prior = batch["prior"].to(self.device, non_blocking=True) if "prior" in batch else None
         use_gan = self.cfg.loss.adversarial > 0 and self.step >= self.cfg.gan_start
         self.gen.train()
         with self._autocast():
-            y = self.gen(under, over, prior)
+            y = self.gen(under, over)
         y = y.float()
         parts: dict[str, float] = {}
         if use_gan:
@@ -581,9 +548,8 @@ class Trainer:
         for i in range(len(self.val_set)):
             item = self.val_set[i]
             u, o, r = (item[k].unsqueeze(0).to(self.device) for k in ("under", "over", "ref"))
-            p = item["prior"].unsqueeze(0).to(self.device) if "prior" in item else None
             with self._autocast():
-                y = self.net(u, o, p)
+                y = self.net(u, o)
             y = y.float().clamp(0, 1).cpu()
             u, o, r = u.cpu(), o.cpu(), r.cpu()
             sums["psnr"] += float(psnr(y, r)[0])

@@ -52,7 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``demo`` sub-command."""
     p = subparsers.add_parser("demo", help="fuse a bracket made from a photo shipped with scikit-image")
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--model", default="general", help="general | aligned | paper_general | PATH.safetensors")
+    p.add_argument("--model", default="general",
+                   help="general | aligned | PATH.json (an engine card) | PATH.safetensors (from crmef train)")
     p.add_argument("--device", default="auto", help="for the paper's network: auto | cpu | cuda | mps")
     p.add_argument("--stops", type=float, default=2.0, help="exposure offset of each frame in EV (default 2)")
     p.set_defaults(func=run)

@@ -6,9 +6,9 @@ Examples::
     crmef fuse a.tif b.tif c.tif d.tif -o fused.tif          # every usable frame, 16-bit kept
     crmef fuse --batch scenes/ -o fused/                      # one output per scene folder
 
-The default models (``general``, ``aligned``) run the engine (:mod:`crmef.engine`: numpy,
-OpenCV and onnxruntime; torch is never imported); ``paper_general``, ``paper_aligned`` and
-``.safetensors`` files run the paper's network (:mod:`crmef.inference`, torch).
+The default models (``general``, ``aligned``) and engine cards run the engine
+(:mod:`crmef.engine`: numpy, OpenCV and onnxruntime; torch is never imported); a ``.safetensors``
+file from ``crmef train`` runs the paper's network (:mod:`crmef.inference`, torch).
 """
 
 from __future__ import annotations
@@ -54,8 +54,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="output image (format from the extension) or, with --batch, output folder")
     p.add_argument("--batch", type=Path, metavar="DIR", help="fuse every scene sub-folder of DIR")
     p.add_argument("--model", default="general",
-                   help="general | aligned (hand-held: frames aligned first) | paper_general | paper_aligned | "
-                        "PATH.safetensors (the paper's network) | PATH.json (an engine card); default: general")
+                   help="general | aligned (hand-held: frames aligned first) | PATH.json (an engine card) | "
+                        "PATH.safetensors (the paper's network, from crmef train); default: general")
     p.add_argument("--extremes", action="store_true", help="fuse only the darkest and brightest usable frames")
     p.add_argument("--bits", type=int, choices=(8, 16), help="output bit depth (default: that of the input)")
     p.add_argument("--quality", type=int, default=95, help="JPEG quality (default 95)")
@@ -63,7 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ext", default=None, help="with --batch: output extension (default: that of the frames)")
     p.add_argument("--jobs", type=int, default=None,
                    help="with --batch: scenes fused in parallel (default: the number of cores)")
-    paper = p.add_argument_group("the paper's network (paper_general, paper_aligned, .safetensors)")
+    paper = p.add_argument_group("the paper's network (a .safetensors from crmef train)")
     paper.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default: auto)")
     g = paper.add_mutually_exclusive_group()
     g.add_argument("--fast", dest="mode", action="store_const", const="fast",

@@ -1,4 +1,4 @@
-"""``crmef info``: architecture, parameter count and FLOPs of a preset or genotype."""
+"""``crmef info``: architecture, parameter count and FLOPs of the paper's network for a preset or genotype."""
 
 from __future__ import annotations
 
@@ -19,10 +19,12 @@ def _parse_size(text: str) -> tuple[int, int]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("info", help="show a network's slots, parameters and FLOPs",
-                       description="Build a preset or genotype and report its complexity.")
+    p = sub.add_parser("info", help="show the paper network's slots, parameters and FLOPs",
+                       description="Build the paper's network (FusionNet) from a published genotype or a "
+                                   "genotype file and report its complexity.")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--preset", default=None, help="published genotype: general or aligned (default general)")
+    src.add_argument("--preset", default=None,
+                     help="published genotype: paper_general or paper_aligned (with DASM); default paper_general")
     src.add_argument("--genotype", metavar="FILE", help="a genotype JSON file instead of a preset")
     p.add_argument("--channels", type=int, default=64, help="feature width C (default 64)")
     p.add_argument("--cascades", type=int, default=2, help="SRSM stages per exposure, 0-3 (default 2)")
@@ -38,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from crmef.space import Genotype, get_preset
 
     try:
-        genotype = Genotype.load(args.genotype) if args.genotype else get_preset(args.preset or "general")
+        genotype = Genotype.load(args.genotype) if args.genotype else get_preset(args.preset or "paper_general")
         net = FusionNet.from_genotype(genotype, channels=args.channels, cascades=args.cascades, head=args.head)
     except ValueError as exc:
         raise InputError(str(exc)) from exc
@@ -46,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     params = count_params(net)
     gflops = count_flops(net, (h, w)) / 1e9
     info = {
-        "name": args.genotype or (args.preset or "general"),
+        "name": args.genotype or (args.preset or "paper_general"),
         "channels": args.channels,
         "cascades": args.cascades,
         "align": genotype.align,

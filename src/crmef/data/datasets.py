@@ -9,17 +9,10 @@ Public API:
   :class:`~crmef.data.misalign.MisalignConfig`), ``pair_mode`` (``"extremes"`` or a minimum gap
   in stops), ``samples_per_epoch``, ``seed``, ``cache_dir``, ``synth``
   (:class:`~crmef.data.synth.SynthConfig`), ``augment``, ``resize``, ``clip_fraction``,
-  ``split_file``, ``prior``, ``prealign``.
+  ``split_file``.
 - :func:`build_dataset` — a ``torch.utils.data.Dataset`` yielding
   ``{"under": Tensor[3, H, W], "over": Tensor[3, H, W], "ref": Tensor[3, H, W], "name": str}``,
-  float32 RGB in [0, 1]; with ``prior`` (``"mertens"``, ``"flow_mertens"`` or ``"mertens_detail"``,
-  :func:`crmef.nets.prior.prior_array`) also ``"prior"``, the input of networks with that
-  ``NetConfig.prior``: for file pairs without misalignment the fusion of the whole frames
-  (cached), cropped and augmented with them; for synthesised or synthetically misaligned pairs
-  the fusion of the final crop (the misalignment is made per crop). With ``prealign``
-  (``"flow"``, networks with ``NetConfig.prealign``) the under frame is first warped onto the over
-  frame, on the same extent as the prior (whole frame, cached; or the final crop), and the prior is
-  made from the warped pair.
+  float32 RGB in [0, 1].
 - :func:`build_loader` — a ``DataLoader`` (``DistributedSampler`` when ``distributed=True``;
   weighted sampling when sources have different weights).
 
@@ -57,7 +50,6 @@ from crmef.data.splitting import hash_split, load_split, lookup_split
 from crmef.data.synth import SynthConfig, load_radiance, random_crop_radiance, synthesize
 from crmef.data.transforms import augment, crop, random_crop_box, to_tensor
 from crmef.errors import ConfigError, CrmefError
-from crmef.nets.prior import PAIR_PRIORS, PREALIGNS, PRIORS, prealign_array, prior_array
 
 KINDS = ("auto", "brackets", "sice", "paired", "hdr_synth")
 SPLIT_CHOICES = ("train", "val", "test", "all")
@@ -97,8 +89,6 @@ class DataConfig:
     resize: bool = False
     clip_fraction: float = 0.95
     split_file: str | None = None
-    prior: str = "none"
-    prealign: str = "none"
 
     def __post_init__(self) -> None:
         self.sources = [s if isinstance(s, SourceSpec) else SourceSpec(**s) for s in self.sources]
@@ -112,16 +102,6 @@ class DataConfig:
             raise ConfigError(f"data.crop must be >= 8 or None, got {self.crop}")
         if self.samples_per_epoch is not None and self.samples_per_epoch < 1:
             raise ConfigError(f"data.samples_per_epoch must be >= 1, got {self.samples_per_epoch}")
-        if self.prior not in PRIORS:
-            raise ConfigError(f"data.prior must be one of {', '.join(PRIORS)}, got {self.prior!r}")
-        if self.prealign not in PREALIGNS:
-            raise ConfigError(f"data.prealign must be one of {', '.join(PREALIGNS)}, got {self.prealign!r}")
-        if self.prealign != "none" and self.prior == "none":
-            raise ConfigError("data.prealign needs data.prior: the pre-aligned frames are an input of "
-                              "networks with a prior (NetConfig.prealign)")
-        if self.prior in PAIR_PRIORS and self.misalign and self.prealign == "none":
-            raise ConfigError(f"data.prior={self.prior!r} cannot be combined with data.misalign: the Mertens "
-                              "fusion of misaligned frames is ghosted (use flow_mertens, or prealign: flow)")
 
     @property
     def misalign_config(self) -> MisalignConfig | None:
@@ -170,17 +150,10 @@ class _EpochMixin:
             size = (cfg.crop, cfg.crop) if cfg.crop is not None else None
             u, o, r, _ = misalign_triple(f[0], f[1], f[2], rng, mis, out_size=size)
             arrays = [u, o, r]
-        if cfg.prior != "none" and len(arrays) == 3:  # no whole-frame prior: the crop's own
-            u, o = _as_float(arrays[0]), _as_float(arrays[1])
-            u = prealign_array(cfg.prealign, u, o)
-            arrays = [u, o, arrays[2], prior_array(cfg.prior, u, o)]
         if cfg.augment and cfg.crop is not None:
             arrays = augment(arrays, rng)
-        u, o, r = (to_tensor(a) for a in arrays[:3])
-        out: dict[str, Any] = {"under": u, "over": o, "ref": r, "name": name}
-        if len(arrays) > 3:
-            out["prior"] = to_tensor(arrays[3])
-        return out
+        u, o, r = (to_tensor(a) for a in arrays)
+        return {"under": u, "over": o, "ref": r, "name": name}
 
 
 class PairDataset(_EpochMixin, Dataset):
@@ -204,8 +177,7 @@ class PairDataset(_EpochMixin, Dataset):
         return self.length
 
     def arrays(self, item: PairItem) -> list[np.ndarray]:
-        """The uint8 (H, W, 3) under, over and reference of an item (memory-mapped), and the
-        whole-frame prior when ``cfg.prior`` is set and the pairs are not misaligned."""
+        """The uint8 (H, W, 3) under, over and reference of an item (memory-mapped)."""
         under = self.cache.frame(item.under, item.size)
         over = self.cache.frame(item.over, item.size)
         if item.ref is not None:
@@ -213,11 +185,6 @@ class PairDataset(_EpochMixin, Dataset):
         else:
             assert item.source_scene is not None
             ref = self.cache.reference(item.source_scene)
-        if self.cfg.prior != "none" and not self.cfg.misalign:
-            if self.cfg.prealign != "none":
-                under = self.cache.pair_prealigned(item.under, item.over, item.size, self.cfg.prealign)
-            return [under, over, ref,
-                    self.cache.pair_prior(item.under, item.over, item.size, self.cfg.prior, self.cfg.prealign)]
         return [under, over, ref]
 
     def prepare(self, progress: bool = False) -> None:

@@ -4,9 +4,9 @@ Public API:
 
 - :func:`default_cache_dir` — ``$CRMEF_CACHE`` or ``~/.cache/crmef``; references live in its
   ``refs/`` sub-folder (so ``~/.cache/crmef/refs`` by default), decoded frames in ``decoded/``.
-- :func:`mertens_reference` — the reference method: OpenCV's Mertens exposure fusion
-  (``cv2.createMergeMertens()`` with its default contrast, saturation and well-exposedness
-  weights 1, 1, 0: no well-exposedness term) of **every** frame of the bracket, clipped to [0, 1].
+- :func:`mertens_reference` — the reference method: :func:`crmef.baselines.mertens` (OpenCV's
+  Mertens exposure fusion with its default weights, the ``mertens_all`` baseline) of **every**
+  frame of the bracket.
 - :class:`ArrayCache` — uint8 (H, W, 3) RGB arrays stored as ``.npy`` files, written atomically
   (temporary name, then rename) and memory-mapped on read; an entry is never recomputed when
   present. Keys hash the inputs (absolute paths, file sizes and modification times, frame list,
@@ -26,13 +26,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from crmef.baselines import mertens
 from crmef.data.layouts import Scene
-from crmef.errors import InputError
 from crmef.imageio import read_image
 from crmef.utils import atomic_path
 
-REFERENCE_METHOD = "mertens-cv2-all-frames-clip-v2"  # v2: v1 entries may hold near-black refs of an early build
-"""Bump when the reference method changes: cached references are keyed by it."""
+REFERENCE_METHOD = "mertens-cv2-all-frames-clip-v3"
+"""Bump when the reference method changes: cached references are keyed by it. v2 entries may hold
+near-black references of an early build; v3: OpenCV gets BGR (v2 passed RGB, so its contrast
+weight was computed on a grey with red and blue swapped)."""
 
 
 def default_cache_dir() -> Path:
@@ -59,21 +61,15 @@ def load_rgb8(path: str | os.PathLike[str], size: tuple[int, int] | None = None)
 
 
 def mertens_reference(frames: Sequence[np.ndarray]) -> np.ndarray:
-    """Mertens exposure fusion of all frames, clipped.
+    """The reference of a bracket: :func:`crmef.baselines.mertens` of all its frames.
 
     Args:
-        frames: float32 (H, W, 3) RGB in [0, 1], any order, same size.
+        frames: float32 (H, W, 3) RGB in [0, 1], any order, same size (two or more).
 
     Returns:
         float32 (H, W, 3) RGB in [0, 1].
     """
-    if len(frames) < 2:
-        raise InputError(f"Mertens reference needs at least two frames, got {len(frames)}")
-    merge = cv2.createMergeMertens()
-    # OpenCV's weights (well-exposedness around 0.5) assume 8-bit-scaled input: pass 0..255
-    # floats (identical to uint8 input for 8-bit frames); the result is in [0, 1].
-    fused = merge.process([np.ascontiguousarray(f, dtype=np.float32) * np.float32(255.0) for f in frames])
-    return np.clip(fused, 0.0, 1.0).astype(np.float32)
+    return mertens(frames)
 
 
 class ArrayCache:
@@ -124,38 +120,6 @@ class ArrayCache:
     def frame(self, path: Path, size: tuple[int, int]) -> np.ndarray:
         """A frame decoded to uint8 (H, W, 3) RGB at ``size=(w, h)``."""
         return self.get("decoded", [*_file_id(path), list(size)], lambda: load_rgb8(path, size))
-
-    def pair_prior(self, under: Path, over: Path, size: tuple[int, int], kind: str = "mertens",
-                   prealign: str = "none") -> np.ndarray:
-        """The prior of one (under, over) pair of whole frames (:func:`crmef.nets.prior.prior_array`,
-        e.g. their Mertens fusion; after :meth:`pair_prealigned` when ``prealign`` is set), uint8
-        (H, W, 3) RGB: the prior input of networks with ``NetConfig.prior = kind``."""
-        from crmef.nets.prior import prior_array, prior_version
-
-        key = [REFERENCE_METHOD, "pair", prior_version(kind), _file_id(under), _file_id(over), list(size)]
-        if prealign != "none":
-            key.append(prealign)
-
-        def build() -> np.ndarray:
-            u = (self.pair_prealigned(under, over, size, prealign) if prealign != "none" else self.frame(under, size))
-            frames = [a.astype(np.float32) / 255.0 for a in (u, self.frame(over, size))]
-            return np.round(prior_array(kind, frames[0], frames[1]) * 255.0)
-
-        return self.get("priors", key, build)
-
-    def pair_prealigned(self, under: Path, over: Path, size: tuple[int, int], kind: str = "flow") -> np.ndarray:
-        """The under frame of a pair pre-aligned onto the over frame
-        (:func:`crmef.nets.prior.prealign_array`), uint8 (H, W, 3) RGB: the under input of
-        networks with ``NetConfig.prealign = kind``."""
-        from crmef.nets.prior import prealign_array
-
-        key = [REFERENCE_METHOD, "prealign", kind, _file_id(under), _file_id(over), list(size)]
-
-        def build() -> np.ndarray:
-            frames = [self.frame(p, size).astype(np.float32) / 255.0 for p in (under, over)]
-            return np.round(prealign_array(kind, frames[0], frames[1]) * 255.0)
-
-        return self.get("priors", key, build)
 
     def reference(self, scene: Scene) -> np.ndarray:
         """The Mertens reference of a scene's full bracket, uint8 (H, W, 3) RGB."""

@@ -2,43 +2,27 @@
 
 Data flow for an under-exposed ``I_U`` and an over-exposed ``I_O`` (RGB in [0, 1]):
 
-0. Optionally (``prealign = "flow"``, not in the paper) the under frame is first warped onto the
-   over frame by DIS optical flow, on the whole image (:meth:`FusionNet.prepare`); the network
-   (and its DASM, if any) then handles what the flow leaves: residual misalignment, occlusions,
-   flow errors.
 1. Relighting, ``cascades`` stages, separate weights per exposure and stage:
    ``I_U ← I_U ⊗ S_U^s(I_U)``, ``I_O ← I_O ⊗ S_O^s(I_O)``.
 2. Without alignment: ``F_A = I_U + I_O`` (3 channels). With alignment (DASM):
-   ``F_A = PCD(F_U, F_O) + F_O`` (C channels); or, with ``align_mode = "residual"`` (not in the
-   paper), ``F_A = (I_U + conv(PCD(F_U, F_O))) + I_O`` (3 channels, a zero-initialised
-   correction of the relit under image).
+   ``F_A = PCD(F_U, F_O) + F_O`` (C channels).
 3. DRM at width 2C produces 3 logits ``z``. Heads:
 
    - ``retinex``: illumination ``R = ε + (1-ε)·σ(z)`` and ``y = B ⊘ R`` where the base ``B`` is
-     ``F_A`` (no alignment) or ``conv3×3(F_A)`` (alignment). Optionally (``illum_smooth = r > 0``,
-     not in the paper) ``R`` is box-filtered with radius ``r``: Retinex theory's piecewise-smooth
-     illumination, so the detail of ``y`` comes from ``B`` and a per-pixel ``R`` cannot invert
-     small highlights (point lights turned into dark dots by the per-pixel map).
+     ``F_A`` (no alignment) or ``conv3×3(F_A)`` (alignment).
    - ``direct``: ``y = σ(z)`` (the public code's aligned model).
 
    ``y`` is clipped to [0, 1] with a straight-through gradient, so saturated pixels still learn.
-4. Optionally (``prior = "mertens"``, ``"flow_mertens"`` or ``"mertens_detail"``, not in the paper):
-   ``y ← y + w ⊙ (P − y)`` where ``P`` is the Mertens exposure fusion of the two whole input
-   images, after optical-flow alignment for ``flow_mertens``, with the detail of a contrast-weighted
-   Mertens fusion for ``mertens_detail`` (:func:`~crmef.nets.prior.prior_image`,
-   an input of the network, computed from ``under`` and ``over`` when not given) and ``w ∈ (0, 1)`` comes from a small CNN at 1/8 resolution
-   (:class:`~crmef.nets.prior.PriorBlend`): the network learns where the classical fusion is the
-   better estimate and where its own output is.
 
-The same class is the super-net (every slot a mixed :class:`~crmef.space.Choice`) and the derived
-net (every slot one op), built by :meth:`FusionNet.supernet` and :meth:`FusionNet.from_genotype`.
+Tensors in, tensors out: no numpy or OpenCV inside :meth:`FusionNet.forward`. The same class is
+the super-net (every slot a mixed :class:`~crmef.space.Choice`) and the derived net (every slot
+one op), built by :meth:`FusionNet.supernet` and :meth:`FusionNet.from_genotype`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -46,17 +30,10 @@ from torch import Tensor, nn
 
 from crmef.nets.dasm import DASM
 from crmef.nets.drm import DRM
-from crmef.nets.prior import DETAIL_SPACES, PAIR_PRIORS, PREALIGNS, PRIORS, PriorBlend, prealign_image, prior_image
 from crmef.nets.srsm import SRSM
 from crmef.space import DASM_SLOTS, SRSM_SLOTS, Choice, Genotype, SearchSpace
 
 HEADS = ("retinex", "direct")
-ALIGN_MODES = ("features", "residual")
-NET_OPTIONS = ("eps", "illum_smooth", "prior", "detail", "detail_space", "headroom", "dark_guard", "prealign",
-               "align_mode")
-"""The :class:`NetConfig` fields a derived net takes besides its genotype, channels, cascades
-and head: :meth:`FusionNet.from_genotype`'s options, the model card's remaining structural keys
-(:mod:`crmef.models`) and the training config's model options (:class:`crmef.train.ModelSpec`)."""
 
 
 @dataclass
@@ -70,31 +47,6 @@ class NetConfig:
         head: ``"retinex"`` (``y = F_A ⊘ R``) or ``"direct"`` (``y = σ(z)``).
         drm_blocks: number of DRM blocks (super-net only; a genotype fixes it).
         eps: floor of the Retinex illumination map.
-        illum_smooth: box-filter radius applied to the Retinex illumination map (0: the paper's
-            per-pixel map; see the module docstring).
-        prior: ``"none"`` (the paper), ``"mertens"``, ``"flow_mertens"`` or ``"mertens_detail"``: blend the output
-            with that classical fusion of the inputs (module docstring, step 4).
-        detail: low-pass scale σ in pixels of the prior's detail transfer (0: none; needs a
-            prior; :class:`~crmef.nets.prior.PriorBlend`).
-        detail_space: how the detail is added: ``"rgb"`` (per channel) or ``"luma"`` (its luma
-            in full, its chroma scaled by the base-to-prior luminance ratio, at most 1: a base
-            darker than the prior keeps the prior's grey contrast without its colour contrast
-            turning dark detail red; :class:`~crmef.nets.prior.PriorBlend`), or ``"luma_gamut"``
-            (as ``"luma"``, the chroma further limited so that no channel leaves [0, 1]).
-        headroom: envelope scale σ_h in pixels that keeps the transferred detail inside [0, 1]
-            (0: clip it; needs ``detail``; :class:`~crmef.nets.prior.PriorBlend`).
-        dark_guard: threshold τ in stops (0: off; needs a prior): where the network's output is
-            locally more than ``2^τ`` times darker than the prior, the blend moves towards the
-            prior (:class:`~crmef.nets.prior.PriorBlend`).
-        prealign: ``"none"`` or ``"flow"``: warp the under frame onto the over frame by DIS
-            optical flow before the network (whole image, not differentiable; needs
-            ``prior = "mertens"`` (or ``"mertens_detail"``), which then is the flow-then-Mertens fusion;
-            :func:`~crmef.nets.prior.prealign_image`).
-        align_mode: with alignment, ``"features"`` (the paper: ``F_A = PCD(F_U, F_O) + F_O``, C
-            channels into the DRM) or ``"residual"`` (the PCD-aligned features, through a
-            zero-initialised 3×3 convolution, correct the relit under image:
-            ``F_A = (I_U + conv(PCD(F_U, F_O))) + I_O``, 3 channels, the layout of the network
-            without alignment, so its weights initialise this one and it starts as that network).
         space: candidate ops per slot kind (super-net only).
     """
 
@@ -104,14 +56,6 @@ class NetConfig:
     head: str = "retinex"
     drm_blocks: int = 4
     eps: float = 1e-3
-    illum_smooth: int = 0
-    prior: str = "none"
-    detail: int = 0
-    detail_space: str = "rgb"
-    headroom: int = 0
-    dark_guard: float = 0.0
-    prealign: str = "none"
-    align_mode: str = "features"
     space: SearchSpace = field(default_factory=SearchSpace)
 
     def __post_init__(self) -> None:
@@ -125,33 +69,6 @@ class NetConfig:
             raise ValueError(f"drm_blocks must be >= 1, got {self.drm_blocks}")
         if not 0 < self.eps < 1:
             raise ValueError(f"eps must be in (0, 1), got {self.eps}")
-        if not isinstance(self.illum_smooth, int) or isinstance(self.illum_smooth, bool) or self.illum_smooth < 0:
-            raise ValueError(f"illum_smooth must be a non-negative integer radius, got {self.illum_smooth!r}")
-        if self.illum_smooth and self.head != "retinex":
-            raise ValueError(f"illum_smooth applies to the retinex head only, got head {self.head!r}")
-        if self.prior not in PRIORS:
-            raise ValueError(f"prior must be one of {PRIORS}, got {self.prior!r}")
-        if not isinstance(self.detail, int) or isinstance(self.detail, bool) or not 0 <= self.detail <= 512:
-            raise ValueError(f"detail must be an integer low-pass scale in pixels, 0..512, got {self.detail!r}")
-        if self.detail and self.prior == "none":
-            raise ValueError("detail transfer needs a prior (prior 'mertens', 'flow_mertens' or 'mertens_detail')")
-        if self.detail_space not in DETAIL_SPACES:
-            raise ValueError(f"detail_space must be one of {DETAIL_SPACES}, got {self.detail_space!r}")
-        if not isinstance(self.headroom, int) or isinstance(self.headroom, bool) or not 0 <= self.headroom <= 512:
-            raise ValueError(f"headroom must be an integer envelope scale in pixels, 0..512, got {self.headroom!r}")
-        if self.headroom and not self.detail:
-            raise ValueError("headroom keeps the transferred detail in range: it needs detail > 0")
-        if isinstance(self.dark_guard, bool) or not isinstance(self.dark_guard, (int, float)) or not 0 <= self.dark_guard <= 16:
-            raise ValueError(f"dark_guard must be a threshold in stops, 0..16, got {self.dark_guard!r}")
-        if self.dark_guard and self.prior == "none":
-            raise ValueError("dark_guard moves the blend towards the prior: it needs a prior")
-        if self.prealign not in PREALIGNS:
-            raise ValueError(f"prealign must be one of {PREALIGNS}, got {self.prealign!r}")
-        if self.prealign != "none" and self.prior not in PAIR_PRIORS:
-            raise ValueError(f"prealign {self.prealign!r} needs prior 'mertens' or 'mertens_detail' (the fusion of the pre-aligned "
-                             f"pair; it runs on the whole image with the pre-alignment), got prior {self.prior!r}")
-        if self.align_mode not in ALIGN_MODES:
-            raise ValueError(f"align_mode must be one of {ALIGN_MODES}, got {self.align_mode!r}")
 
 
 class _ClipST(torch.autograd.Function):
@@ -239,19 +156,8 @@ class FusionNet(nn.Module):
         self.genotype_given = genotype
         self.srsm = nn.ModuleList(SRSM(c, ops) for ops in srsm_ops)
         self.dasm = DASM(c, dasm_ops) if dasm_ops is not None else None
-        residual = self.dasm is not None and config.align_mode == "residual"
-        drm_in = c if (self.dasm is not None and not residual) else 3
-        self.drm = DRM(drm_in, 2 * c, drm_ops)
-        self.to_rgb = (nn.Conv2d(c, 3, 3, padding=1)
-                       if (self.dasm is not None and not residual and config.head == "retinex") else None)
-        self.align_out: nn.Conv2d | None = None
-        if residual:  # zero-initialised: the net starts as the one without alignment
-            self.align_out = nn.Conv2d(c, 3, 3, padding=1)
-            nn.init.zeros_(self.align_out.weight)
-            nn.init.zeros_(self.align_out.bias)
-        self.blend = (PriorBlend(detail=config.detail, headroom=config.headroom, detail_space=config.detail_space,
-                                 dark_guard=float(config.dark_guard))
-                      if config.prior != "none" else None)
+        self.drm = DRM(c if self.dasm is not None else 3, 2 * c, drm_ops)
+        self.to_rgb = nn.Conv2d(c, 3, 3, padding=1) if (self.dasm is not None and config.head == "retinex") else None
 
     # ---------------------------------------------------------------- construction helpers
     @classmethod
@@ -266,22 +172,18 @@ class FusionNet(nn.Module):
         channels: int = 64,
         cascades: int = 2,
         head: str | None = None,
-        **options: Any,
+        eps: float = 1e-3,
     ) -> FusionNet:
         """The compact derived network of ``genotype``.
 
         ``head`` defaults to ``retinex`` without alignment and ``direct`` with it (as published).
-        ``options``: any of :data:`NET_OPTIONS` (``prior="mertens"``, ``detail=32``, …).
 
         Raises:
-            ValueError: an unknown option or an invalid structure.
+            ValueError: an invalid structure.
         """
-        unknown = sorted(set(options) - set(NET_OPTIONS))
-        if unknown:
-            raise ValueError(f"unknown network option(s) {', '.join(unknown)}; use {', '.join(NET_OPTIONS)}")
         head = head or ("direct" if genotype.align else "retinex")
         cfg = NetConfig(channels=channels, cascades=cascades, align=genotype.align, head=head,
-                        drm_blocks=len(genotype.drm), **options)
+                        drm_blocks=len(genotype.drm), eps=eps)
         return cls(cfg, genotype=genotype)
 
     # ---------------------------------------------------------------- search interface
@@ -326,10 +228,7 @@ class FusionNet(nn.Module):
     # ---------------------------------------------------------------- forward
     @property
     def multiple(self) -> int:
-        """H and W are padded to a multiple of this (pooling in SRSM, pyramid in DASM, the 1/8
-        grid of the prior blend — tiles then share the whole image's pooling grid)."""
-        if self.blend is not None:
-            return 8
+        """H and W are padded to a multiple of this (pooling in SRSM, pyramid in DASM)."""
         if self.dasm is not None:
             return 4
         return 2 if self.config.cascades > 0 else 1
@@ -355,23 +254,14 @@ class FusionNet(nn.Module):
         if self.dasm is None:
             fa = u + o
             return fa, fa
-        if self.align_out is not None:  # residual: aligned features correct the relit under image
-            fa, fo = self.dasm(u, o)
-            fa = u + self.align_out(fa - fo) + o
-            return fa, fa
         fa, _ = self.dasm(u, o)
         base = self.to_rgb(fa) if self.to_rgb is not None else fa
         return fa, base
 
     def illumination(self, z: Tensor) -> Tensor:
-        """Retinex illumination map of DRM logits: ``(B,3,H,W) -> (B,3,H,W)`` in [ε, 1],
-        box-filtered with radius ``illum_smooth`` (edges replicated) when that is positive."""
+        """Retinex illumination map of DRM logits: ``(B,3,H,W) -> (B,3,H,W)`` in [ε, 1]."""
         eps = self.config.eps
-        illumination = eps + (1.0 - eps) * torch.sigmoid(z)
-        r = self.config.illum_smooth
-        if r:
-            illumination = F.avg_pool2d(F.pad(illumination, (r, r, r, r), mode="replicate"), 2 * r + 1, stride=1)
-        return illumination
+        return eps + (1.0 - eps) * torch.sigmoid(z)
 
     def head(self, z: Tensor, base: Tensor) -> Tensor:
         """Output head on DRM logits ``z`` (B,3,H,W) -> unclipped image (B,3,H,W)."""
@@ -379,46 +269,18 @@ class FusionNet(nn.Module):
             return torch.sigmoid(z)
         return base / self.illumination(z)
 
-    def forward(self, under: Tensor, over: Tensor, prior: Tensor | None = None) -> Tensor:
-        """Fuse a pair. For nets with a prior (``NetConfig.prior``), ``prior`` is that fusion of the
-        *whole* images (same shape as the inputs; tiled inference and the trainer pass crops of
-        it); when None it is computed from ``under`` and ``over`` as given (:meth:`prepare`: with
-        ``prealign`` the under frame is pre-aligned first). Given a prior, the inputs are taken as
-        prepared (pre-aligned). Must be None for other nets."""
+    def forward(self, under: Tensor, over: Tensor) -> Tensor:
+        """Fuse a pair: ``(B,3,H,W) x2 -> (B,3,H,W)`` (or 3-D) in [0, 1] (module docstring)."""
         check_pair(under, over)
-        if prior is not None and (self.blend is None or prior.shape != under.shape):
-            raise ValueError("prior given to a network without one, or of a different shape than the inputs")
-        if self.blend is not None and prior is None:
-            under, prior = self.prepare(under, over)
         squeeze = under.dim() == 3
         if squeeze:
             under, over = under.unsqueeze(0), over.unsqueeze(0)
-            prior = prior.unsqueeze(0) if prior is not None else None
         h, w = under.shape[-2:]
         ph, pw, reflect = self.padding(h, w)
         if ph or pw:
             mode = "reflect" if reflect else "replicate"
             under = F.pad(under, (0, pw, 0, ph), mode=mode)
             over = F.pad(over, (0, pw, 0, ph), mode=mode)
-            prior = F.pad(prior, (0, pw, 0, ph), mode=mode) if prior is not None else None
-        y = self.fuse_raw(under, over)
-        if self.blend is not None:
-            assert prior is not None
-            y = self.blend(y, prior, under, over)
-        y = y[..., :h, :w]
-        return y.squeeze(0) if squeeze else y
-
-    def prepare(self, under: Tensor, over: Tensor) -> tuple[Tensor, Tensor | None]:
-        """The whole-image, non-differentiable inputs of :meth:`forward`: the under frame
-        pre-aligned (``NetConfig.prealign``; unchanged without) and the prior (None without).
-        ``(B,3,H,W) x2 -> ((B,3,H,W), (B,3,H,W) | None)`` (or 3-D)."""
-        under = prealign_image(self.config.prealign, under, over)
-        prior = prior_image(self.config.prior, under, over) if self.blend is not None else None
-        return under, prior
-
-    def fuse_raw(self, under: Tensor, over: Tensor) -> Tensor:
-        """The network without its prior blend, on inputs already padded to :attr:`multiple`:
-        ``(B,3,H,W) x2 -> (B,3,H,W)`` in [0, 1] (tiled inference runs this per tile and applies the
-        blend once to the whole image)."""
         fa, base = self.fuse_features(under, over)
-        return clip_st(self.head(self.drm(fa), base))
+        y = clip_st(self.head(self.drm(fa), base))[..., :h, :w]
+        return y.squeeze(0) if squeeze else y
