@@ -7,6 +7,10 @@ test keeps the two equal.
 
 How one output pixel is made (``frames`` sorted dark to bright, RGB in [0, 1]):
 
+0. **Gaps.** Consecutive frames more than ``max_gap`` stops apart get re-exposures of the darker
+   one between them (:func:`fill_gaps`, :class:`Reexposed`): a pair is fused as the bracket it
+   stands for. Re-exposures join the network's input, the coarse (tone) levels and the colour
+   mix (where their source is not too dark to trust), never the detail levels.
 1. **Work resolution.** Every frame is reduced to ``work_size`` pixels on its long side (area
    average). The exposure network (:class:`crmef.nets.exposure.ExposureNet`, exported to ONNX)
    sees the N reduced frames at once (shared weights per frame, a cross-frame mean for context)
