@@ -629,11 +629,13 @@ def blend(frames: Sequence[Frame], detail_logits: np.ndarray, tone_logits: np.nd
         mix = lum = None
         for f, up in zip(frames, tone_up):
             s = up.rows(r0, r1)
+            term = linear_rows(f, r0, r1)
             if isinstance(f, Reexposed):
                 s *= reliability_rows(f, r0, r1)
-            term = linear_rows(f, r0, r1)
+                lg = srgb_to_linear(gray(linear_to_srgb(term)))
+            else:
+                lg = srgb_to_linear(gray(rgb_rows(f, r0, r1)))
             term *= s[..., None]
-            lg = srgb_to_linear(gray(rgb_rows(f, r0, r1)))
             lg *= s
             if mix is None:
                 mix, lum = term, lg
