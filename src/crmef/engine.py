@@ -84,7 +84,7 @@ class BlendConfig:
     max_gain: float = 1.0
     levels_top: int = 1
     detail_levels: int = 5
-    max_gap: float = 0.0
+    max_gap: float = 2.0
 
     def to_dict(self) -> dict[str, float | int]:
         return asdict(self)
