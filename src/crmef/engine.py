@@ -246,14 +246,13 @@ Frame = np.ndarray | Reexposed
 """What the engine fuses: a frame's array, or a re-exposure of one."""
 
 
-def reliability_rows(frame: Reexposed, r0: int, r1: int) -> np.ndarray:
-    """How far a re-exposure's colour can be trusted, rows ``[r0, r1)`` (float32 in [0, 1]): 0
-    where its source's grey is at most 0.04 (codes ≤ 10 of 255: noise and the sensor's cast,
-    which the re-exposure would amplify), 1 from 0.12 up, linear between."""
-    g = gray(rgb_rows(frame.frame, r0, r1))
-    g -= 0.04
-    g *= 1 / 0.08
-    return np.clip(g, 0.0, 1.0, out=g)
+def trust(grey: np.ndarray) -> np.ndarray:
+    """How far a re-exposure's colour can be trusted, from its source's grey (float32 in [0, 1]):
+    0 where the grey is at most 0.04 (codes ≤ 10 of 255: noise and the sensor's cast, which the
+    re-exposure would amplify), 1 from 0.12 up, linear between."""
+    t = grey - np.float32(0.04)
+    t *= np.float32(1 / 0.08)
+    return np.clip(t, 0.0, 1.0, out=t)
 
 
 def rgb_rows(frame: Frame, r0: int, r1: int) -> np.ndarray:
@@ -272,10 +271,7 @@ def linear_rows(frame: Frame, r0: int, r1: int) -> np.ndarray:
     """Rows ``[r0, r1)`` of a frame in linear light, float32 (a table look-up for codes)."""
     if isinstance(frame, Reexposed):  # × 2^stops, a pixel whose largest channel passes 1 scaled down whole
         lin = linear_rows(frame.frame, r0, r1)
-        peak = cv2.reduce(lin.reshape(-1, 3), 1, cv2.REDUCE_MAX).reshape(lin.shape[:2])
-        np.maximum(peak, 1e-6, out=peak)
-        gain = np.minimum(np.float32(2.0**frame.stops), 1.0 / peak)
-        lin *= gain[..., None]
+        lin *= reexposure_gain(frame.stops, peak_rows(frame.frame, r0, r1, lin))[..., None]
         return lin
     band = frame[r0:r1]
     if band.dtype == np.uint8:
@@ -283,6 +279,26 @@ def linear_rows(frame: Frame, r0: int, r1: int) -> np.ndarray:
     if band.dtype == np.uint16:
         return _TO_LIN[band]
     return srgb_to_linear(band)
+
+
+def peak_rows(frame: np.ndarray, r0: int, r1: int, lin: np.ndarray) -> np.ndarray:
+    """Largest channel of rows ``[r0, r1)`` in linear light, float32 (h, W) (from the codes
+    where there are codes: the curve is monotonic, and a max over 8/16-bit codes is cheap);
+    ``lin`` is those rows' :func:`linear_rows`."""
+    band = frame[r0:r1]
+    if band.dtype == np.uint8:
+        c = cv2.split(band)
+        return cv2.LUT(cv2.max(cv2.max(c[0], c[1]), c[2]), _LIN8)
+    if band.dtype == np.uint16:
+        c = cv2.split(band)
+        return _TO_LIN[cv2.max(cv2.max(c[0], c[1]), c[2])]
+    return cv2.reduce(lin.reshape(-1, 3), 1, cv2.REDUCE_MAX).reshape(lin.shape[:2])
+
+
+def reexposure_gain(stops: float, peak: np.ndarray) -> np.ndarray:
+    """``min(2^stops, 1 / peak)``: a re-exposure's gain per pixel, float32 (the largest channel
+    of a pixel that would pass 1 lands on 1, its hue kept)."""
+    return np.minimum(np.float32(2.0**stops), 1.0 / np.maximum(peak, 1e-6))
 
 
 def grey_full(frame: Frame, out: np.ndarray | None = None) -> np.ndarray:
@@ -408,6 +424,14 @@ def virtual_stops(gap: float, max_gap: float) -> list[float]:
     return [gap * j / n for j in range(1, n)]
 
 
+def reexpose_small(small: np.ndarray, stops: float) -> np.ndarray:
+    """A reduced (3, h, w) frame re-exposed as :class:`Reexposed` does (linear light × 2^stops,
+    a pixel whose largest channel passes 1 scaled down whole): what the network sees of a
+    re-exposure (the reduction of the full-resolution one would cost a pass over the photo)."""
+    lin = srgb_to_linear(small)
+    return linear_to_srgb(lin * reexposure_gain(stops, lin.max(axis=0, keepdims=True)))
+
+
 def fill_gaps(frames: Sequence[np.ndarray], small: np.ndarray, shape: tuple[int, int], max_gap: float,
               ) -> tuple[list[Frame], np.ndarray]:
     """The frames (sorted dark to bright) with every exposure gap wider than ``max_gap`` stops
@@ -416,15 +440,15 @@ def fill_gaps(frames: Sequence[np.ndarray], small: np.ndarray, shape: tuple[int,
     A bracket stands for the scene at every exposure between its extremes; the frames a
     photographer did not take are re-exposures of the darker frame of the gap (it holds the
     highlights the brighter one clipped), so the blend sees the mid-tones a full bracket would
-    give. Brackets spaced at most ``max_gap`` stops apart are returned unchanged.
+    give. A re-exposure's reduced frame is :func:`reexpose_small` of its source's. Brackets
+    spaced at most ``max_gap`` stops apart are returned unchanged.
     """
     out: list[Frame] = [frames[0]]
     stack = [small[0]]
     for i, gap in enumerate(gap_stops(small)):
         for k in virtual_stops(gap, max_gap):
-            v = Reexposed(frames[i], k)
-            out.append(v)
-            stack.append(reduce_frames([v], shape)[0])
+            out.append(Reexposed(frames[i], k))
+            stack.append(reexpose_small(small[i], k))
         out.append(frames[i + 1])
         stack.append(small[i + 1])
     return out, np.stack(stack) if len(stack) > len(small) else small
@@ -616,10 +640,15 @@ def blend(frames: Sequence[Frame], detail_logits: np.ndarray, tone_logits: np.nd
         lap += y
         y = lap
     del lap, tmp
-    # Colour, band by band: linear-light mix with the smooth weights, scaled to the target
-    # luminance, capped so the largest channel stays <= 1 (hue kept), encoded.
+    # Colour, band by band: linear-light mix of the real frames with the smooth weights (a
+    # re-exposure's weight goes to its source, × its gain min(2^k, 1/peak) and the trust ramp:
+    # its colour is its source's), scaled to the target luminance, capped so the largest
+    # channel stays <= 1 (hue kept), encoded.
     tone_up = [RowUpsampler(m, size) for m in sw_tone]
     gain_up = RowUpsampler(np.exp2(log_gain).astype(np.float32), size)
+    sources = [f for f in frames if not isinstance(f, Reexposed)]
+    groups = [[(i, f) for i, f in enumerate(frames)
+               if (f.frame if isinstance(f, Reexposed) else f) is src] for src in sources]
     dtype = {None: np.float32, 8: np.uint8, 16: np.uint16}.get(out_bits)
     if dtype is None:
         raise InputError(f"bits must be 8 or 16, got {out_bits}")
@@ -627,20 +656,24 @@ def blend(frames: Sequence[Frame], detail_logits: np.ndarray, tone_logits: np.nd
 
     def colour(r0: int, r1: int) -> None:
         mix = lum = None
-        for f, up in zip(frames, tone_up):
-            s = up.rows(r0, r1)
-            term = linear_rows(f, r0, r1)
-            if isinstance(f, Reexposed):
-                s *= reliability_rows(f, r0, r1)
-                lg = srgb_to_linear(gray(linear_to_srgb(term)))
-            else:
-                lg = srgb_to_linear(gray(rgb_rows(f, r0, r1)))
-            term *= s[..., None]
-            lg *= s
+        for src, group in zip(sources, groups):
+            lin = linear_rows(src, r0, r1)
+            g = gray(rgb_rows(src, r0, r1))
+            w = None
+            for i, f in group:
+                s = tone_up[i].rows(r0, r1)
+                if isinstance(f, Reexposed):
+                    s *= reexposure_gain(f.stops, peak_rows(src, r0, r1, lin))
+                    s *= trust(g)
+                w = s if w is None else w.__iadd__(s)
+            assert w is not None
+            lg = srgb_to_linear(g)
+            lg *= w
+            lin *= w[..., None]
             if mix is None:
-                mix, lum = term, lg
+                mix, lum = lin, lg
             else:
-                mix += term
+                mix += lin
                 lum += lg
         assert mix is not None and lum is not None
         scale = srgb_to_linear(y[r0:r1])
@@ -686,7 +719,8 @@ class ExposureModel:
     Args:
         onnx_path: the exported :class:`~crmef.nets.exposure.ExposureNet` (``crmef export``).
         cfg: the blend settings from the model card.
-        threads: intra-op threads of onnxruntime (default: all cores).
+        threads: intra-op threads of onnxruntime (default: ``cv2.getNumThreads()``, the budget
+            the blend uses too; a batch worker sets 1).
     """
 
     def __init__(self, onnx_path: str | os.PathLike[str], cfg: BlendConfig, prealign: bool = False,
@@ -695,8 +729,7 @@ class ExposureModel:
 
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
-        if threads:
-            opts.intra_op_num_threads = threads
+        opts.intra_op_num_threads = threads or max(1, cv2.getNumThreads())
         self.session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
         self.cfg, self.prealign, self.name = cfg, prealign, name
         self.path = Path(onnx_path)

@@ -181,7 +181,8 @@ def reduce_frames(frames: Tensor, shape: tuple[int, int]) -> Tensor:
 
 
 def blend_torch(frames: Tensor, detail_logits: Tensor, tone_logits: Tensor, log_gain: Tensor,
-                cfg: BlendConfig, trust: Tensor | None = None, real: Tensor | None = None) -> Tensor:
+                cfg: BlendConfig, trust: Tensor | None = None, real: Tensor | None = None,
+                colour_lum: Tensor | None = None) -> Tensor:
     """:func:`crmef.engine.blend` in torch.
 
     Args:
@@ -192,8 +193,9 @@ def blend_torch(frames: Tensor, detail_logits: Tensor, tone_logits: Tensor, log_
         cfg: the blend settings.
         trust: (N, 1, H, W) factor of each frame's colour weight (1 for a real frame, the
             reliability of a re-exposure; :func:`reexpose_t`), or None (all 1).
-        real: (N,) 1 for a real frame, 0 for a re-exposure (no weight at the detail levels);
-            needed with ``trust``.
+        real: (N,) 1 for a real frame, 0 for a re-exposure (no weight at the detail levels).
+        colour_lum: (N, 1, H, W) the luminance each frame's colour brings (a re-exposure: its
+            source's ``lin(grey)`` × its gain); None: ``lin(grey)`` of each frame.
 
     Returns:
         (1, 3, H, W) RGB in [0, 1].
@@ -242,19 +244,22 @@ def blend_torch(frames: Tensor, detail_logits: Tensor, tone_logits: Tensor, log_
     mix = (srgb_to_linear_t(frames) * up).sum(0, keepdim=True)  # (1, 3, H, W)
     gain = F.interpolate(torch.exp2(log_gain), size=(hh, ww), mode="bilinear", align_corners=False)
     target = srgb_to_linear_t(y.clamp(0, 1)) * gain
-    lum = (srgb_to_linear_t(g) * up).sum(0, keepdim=True)  # Σ s_i lin(g_i), as in the engine
+    lum = ((srgb_to_linear_t(g) if colour_lum is None else colour_lum) * up).sum(0, keepdim=True)  # Σ s_i lin(g_i)
     out = mix * (target / lum.clamp(min=1e-6))
     peak = out.amax(dim=1, keepdim=True).clamp(min=1.0)
     return linear_to_srgb_t(out / peak)
 
 
-def reexpose_t(frame: Tensor, stops: float) -> tuple[Tensor, Tensor]:
+def reexpose_t(frame: Tensor, stops: float) -> tuple[Tensor, Tensor, Tensor]:
     """:class:`crmef.engine.Reexposed` in torch: (1, 3, H, W) sRGB -> the re-exposed frame
-    (1, 3, H, W) and the reliability of its colour (1, 1, H, W)."""
+    (1, 3, H, W), the trust of its colour (1, 1, H, W; :func:`crmef.engine.trust`) and the
+    luminance its colour brings (1, 1, H, W: its source's ``lin(grey)`` × its gain, as the
+    engine's colour step counts it)."""
     lin = srgb_to_linear_t(frame)
     peak = lin.amax(dim=1, keepdim=True).clamp(min=1e-6)
-    out = linear_to_srgb_t(lin * torch.minimum(torch.full_like(peak, 2.0**stops), 1.0 / peak))
-    return out, ((gray_t(frame) - 0.04) / 0.08).clamp(0, 1)
+    gain = torch.minimum(torch.full_like(peak, 2.0**stops), 1.0 / peak)
+    grey = gray_t(frame)
+    return linear_to_srgb_t(lin * gain), ((grey - 0.04) / 0.08).clamp(0, 1), srgb_to_linear_t(grey) * gain
 
 
 def fuse_torch(net: ExposureNet, frames: Tensor, cfg: BlendConfig) -> Tensor:
@@ -265,23 +270,29 @@ def fuse_torch(net: ExposureNet, frames: Tensor, cfg: BlendConfig) -> Tensor:
     shape = work_shape(frames.shape[-2], frames.shape[-1], cfg.work_size)
     small = reduce_frames(frames, shape)
     gaps = gap_stops(small.detach().cpu().numpy()) if cfg.max_gap > 0 else []
-    trust = real = None
+    trust = real = colour_lum = None
     if any(virtual_stops(g, cfg.max_gap) for g in gaps):
         stack, trusts, reals = [frames[:1]], [torch.ones_like(frames[:1, :1])], [1.0]
+        lums = [srgb_to_linear_t(gray_t(frames[:1]))]
+        smalls = [small[:1]]
         for i, gap in enumerate(gaps):
             for k in virtual_stops(gap, cfg.max_gap):
-                v, t = reexpose_t(frames[i : i + 1], k)
+                v, t, lv = reexpose_t(frames[i : i + 1], k)
+                smalls.append(reexpose_t(small[i : i + 1], k)[0])
                 stack.append(v)
                 trusts.append(t)
+                lums.append(lv)
                 reals.append(0.0)
             stack.append(frames[i + 1 : i + 2])
+            smalls.append(small[i + 1 : i + 2])
             trusts.append(torch.ones_like(frames[:1, :1]))
+            lums.append(srgb_to_linear_t(gray_t(frames[i + 1 : i + 2])))
             reals.append(1.0)
         real = torch.tensor(reals, dtype=frames.dtype, device=frames.device)
-        frames, trust = torch.cat(stack), torch.cat(trusts)
-        small = reduce_frames(frames, shape)
+        frames, trust, colour_lum = torch.cat(stack), torch.cat(trusts), torch.cat(lums)
+        small = torch.cat(smalls)
     logits, gain = net(small)
-    return blend_torch(frames, prior_logits_t(small, cfg.sigma), logits, gain, cfg, trust, real)
+    return blend_torch(frames, prior_logits_t(small, cfg.sigma), logits, gain, cfg, trust, real, colour_lum)
 
 
 def count_flops(net: ExposureNet, n: int, shape: tuple[int, int]) -> float:
