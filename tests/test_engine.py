@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -282,3 +283,29 @@ def test_reexposures_match_torch_and_keep_source_colour(onnx_model):
     assert chroma_hull(pair, out) < 5e-4
     codes = [np.round(f * 255).astype(np.uint8) for f in pair]
     assert np.abs(model(codes, out_bits=8).astype(np.float64) - np.round(out * 255)).max() <= 2
+
+
+def test_ship_writes_cards_with_blend_settings_chosen_after_training(tmp_path):
+    from dataclasses import asdict
+
+    from safetensors.torch import save_file
+
+    from crmef.exposure_train import ExposureTrainConfig, ship
+
+    run = tmp_path / "exp_train"
+    run.mkdir()
+    ops = ["conv_3", "resconv_3", "dilconv_3"]
+    net = ExposureNet.from_ops(ops, 8)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(run / "exposure.safetensors"))
+    summary = {"config": asdict(ExposureTrainConfig()), "genotype": ops, "steps": 1, "seconds": 0, "overrides": []}
+    (run / "summary.json").write_text(json.dumps(summary))
+    out = tmp_path / "weights"
+    out.mkdir()
+    cards = ship(run, out, ["detail_levels=7"])
+    card = json.loads(cards[0].read_text())
+    assert card["blend"]["detail_levels"] == 7 and card["training"]["config"]["blend"]["detail_levels"] == 5
+    assert card["training"]["commands"][-1].endswith("ship runs/exp_train --set blend.detail_levels=7")
+    model = ExposureModel.from_card(cards[0])
+    assert model.cfg.detail_levels == 7 and model(bracket(2)).shape == (96, 128, 3)
+    with pytest.raises(SystemExit):
+        ship(run, out, ["nonsense=1"])

@@ -287,9 +287,13 @@ def run(stage: str, cfg: ExposureTrainConfig, out: Path, genotype: list[str] | N
     return summary
 
 
-def ship(run_dir: Path, weights_dir: Path | None = None) -> list[Path]:
+def ship(run_dir: Path, weights_dir: Path | None = None, blend_overrides: list[str] | None = None) -> list[Path]:
     """Ship a trained run: ``exposure.safetensors`` + ``exposure.onnx`` + the cards ``general.json``
     and ``aligned.json`` (the same network; ``aligned`` pre-aligns every frame by optical flow).
+
+    ``blend_overrides`` (``["detail_levels=7", ...]``) change the cards' fixed blend settings
+    from the training run's (settings chosen on validation after training; recorded in the
+    cards' commands).
 
     The cards keep the run's configuration and genotype; measured metrics are added by
     ``benchmarks/eval_models.py --write-cards``.
@@ -306,6 +310,11 @@ def ship(run_dir: Path, weights_dir: Path | None = None) -> list[Path]:
     summary = json.loads((run_dir / "summary.json").read_text())
     cfg_d = summary["config"]
     blend = BlendConfig(**cfg_d["blend"])
+    for item in blend_overrides or []:
+        key, _, value = item.partition("=")
+        if key not in BlendConfig.__dataclass_fields__:
+            raise SystemExit(f"ship --set blend.{item}: unknown blend field {key!r}")
+        blend = replace(blend, **{key: type(getattr(blend, key))(value)})
     net = ExposureNet.from_ops(summary["genotype"], cfg_d["channels"], blend.max_gain)
     net.load_state_dict(load_file(str(run_dir / "exposure.safetensors")))
     shutil.copyfile(run_dir / "exposure.safetensors", weights_dir / "exposure.safetensors")
@@ -345,7 +354,8 @@ def ship(run_dir: Path, weights_dir: Path | None = None) -> list[Path]:
                     + " ".join(f"--set {k}" for k in search.get("overrides", [])),
                     "python -m crmef.exposure_train train --genotype runs/exp_search/genotype.json "
                     "--out runs/exp_train " + " ".join(f"--set {k}" for k in summary.get("overrides", [])),
-                    "python -m crmef.exposure_train ship runs/exp_train",
+                    "python -m crmef.exposure_train ship runs/exp_train"
+                    + "".join(f" --set blend.{o}" for o in blend_overrides or []),
                 ],
                 "data": "training split of ../shared/data (src/crmef/data/splits/shared.json): sequences "
                         "(reference: OpenCV Mertens of the full bracket) and synthetic pairs of the HDR maps",
@@ -371,7 +381,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.stage == "ship":
         if args.run is None:
             p.error("ship needs the train stage's output folder")
-        for path in ship(args.run):
+        blend_sets = [item[6:] for item in args.set if item.startswith("blend.")]
+        if len(blend_sets) != len(args.set):
+            p.error("ship takes only --set blend.FIELD=VALUE")
+        for path in ship(args.run, blend_overrides=blend_sets):
             print(path)
         return 0
     if args.out is None:
