@@ -5,7 +5,9 @@
 Sets (validation split of ../shared/data): sequences with every frame (N-frame MEF-SSIM and
 chroma_hull against all frames), sequences' extremes (PSNR against the full-bracket Mertens
 reference, MEF-SSIM, chroma_hull) and 8 synthetic pairs of the validation HDR map (PSNR, LPIPS,
-chroma_hull); Mertens, Mertens-all and enfuse beside the candidates.
+chroma_hull); Mertens, Mertens-all and enfuse beside the candidates. ``--sets`` may add
+``hdr-mis`` and ``seq-mis``: the same pairs with the under frame misaligned (``crmef eval
+--misalign``), flow-then-Mertens beside the candidates (give the ``aligned`` cards there).
 """
 
 from __future__ import annotations
@@ -31,11 +33,14 @@ def main() -> int:
         "all": (SHARED / "sequences", "mertens_all,enfuse_all," + models, ["mef_ssim", "chroma_hull"], "all", None),
         "pairs": (SHARED / "sequences", "mertens,enfuse," + models, ["psnr", "mef_ssim", "chroma_hull"], "pair", None),
         "hdr": (SHARED / "hdr", "mertens,enfuse," + models, ["psnr", "lpips", "chroma_hull"], "pair", 8),
+        "hdr-mis": (SHARED / "hdr", "flow_mertens," + models, ["psnr", "chroma_hull"], "pair", 8),
+        "seq-mis": (SHARED / "sequences", "flow_mertens," + models, ["psnr", "chroma_hull"], "pair", None),
     }
     for name in args.sets.split(","):
         data, methods, metrics, frames, n = sets[name]
-        samples, kind = load_samples(data, "val", "auto", n, 0, None, frames=frames)
-        key = data_key(data, kind, "val", 0, n, False, frames)
+        mis = name.endswith("-mis")
+        samples, kind = load_samples(data, "val", "auto", n, 0, None, misalign=mis, frames=frames)
+        key = data_key(data, kind, "val", 0, n, mis, frames)
         result = evaluate(samples, parse_methods(methods), metrics, args.out / name, key, progress=False)
         print(f"\n## val {name} ({len(samples)})")
         print(markdown_table(result), flush=True)

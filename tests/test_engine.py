@@ -301,10 +301,12 @@ def test_ship_writes_cards_with_blend_settings_chosen_after_training(tmp_path):
     (run / "summary.json").write_text(json.dumps(summary))
     out = tmp_path / "weights"
     out.mkdir()
-    cards = ship(run, out, ["detail_levels=7"])
-    card = json.loads(cards[0].read_text())
+    cards = ship(run, out, ["general:detail_levels=7", "smooth=3"])
+    card, aligned = (json.loads(c.read_text()) for c in cards)
     assert card["blend"]["detail_levels"] == 7 and card["training"]["config"]["blend"]["detail_levels"] == 5
-    assert card["training"]["commands"][-1].endswith("ship runs/exp_train --set blend.detail_levels=7")
+    assert aligned["blend"]["detail_levels"] == 5 and card["blend"]["smooth"] == aligned["blend"]["smooth"] == 3
+    assert card["training"]["commands"][-1].endswith(
+        "ship runs/exp_train --set blend.general:detail_levels=7 --set blend.smooth=3")
     model = ExposureModel.from_card(cards[0])
     assert model.cfg.detail_levels == 7 and model(bracket(2)).shape == (96, 128, 3)
     with pytest.raises(SystemExit):

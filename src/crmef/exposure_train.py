@@ -291,9 +291,10 @@ def ship(run_dir: Path, weights_dir: Path | None = None, blend_overrides: list[s
     """Ship a trained run: ``exposure.safetensors`` + ``exposure.onnx`` + the cards ``general.json``
     and ``aligned.json`` (the same network; ``aligned`` pre-aligns every frame by optical flow).
 
-    ``blend_overrides`` (``["detail_levels=7", ...]``) change the cards' fixed blend settings
-    from the training run's (settings chosen on validation after training; recorded in the
-    cards' commands).
+    ``blend_overrides`` (``["detail_levels=7", "general:detail_levels=7", ...]``) change the
+    cards' fixed blend settings from the training run's, for both cards or, prefixed with a
+    card's name, for that one (settings chosen on validation after training, each card on its
+    own targets; recorded in the cards' commands).
 
     The cards keep the run's configuration and genotype; measured metrics are added by
     ``benchmarks/eval_models.py --write-cards``.
@@ -310,11 +311,14 @@ def ship(run_dir: Path, weights_dir: Path | None = None, blend_overrides: list[s
     summary = json.loads((run_dir / "summary.json").read_text())
     cfg_d = summary["config"]
     blend = BlendConfig(**cfg_d["blend"])
+    card_blend = {"general": blend, "aligned": blend}
     for item in blend_overrides or []:
-        key, _, value = item.partition("=")
-        if key not in BlendConfig.__dataclass_fields__:
-            raise SystemExit(f"ship --set blend.{item}: unknown blend field {key!r}")
-        blend = replace(blend, **{key: type(getattr(blend, key))(value)})
+        target, _, setting = item.rpartition(":")
+        key, _, value = setting.partition("=")
+        if key not in BlendConfig.__dataclass_fields__ or target not in ("", *card_blend):
+            raise SystemExit(f"ship --set blend.{item}: unknown card or blend field {key!r}")
+        for name in card_blend if not target else [target]:
+            card_blend[name] = replace(card_blend[name], **{key: type(getattr(blend, key))(value)})
     net = ExposureNet.from_ops(summary["genotype"], cfg_d["channels"], blend.max_gain)
     net.load_state_dict(load_file(str(run_dir / "exposure.safetensors")))
     shutil.copyfile(run_dir / "exposure.safetensors", weights_dir / "exposure.safetensors")
@@ -342,7 +346,7 @@ def ship(run_dir: Path, weights_dir: Path | None = None, blend_overrides: list[s
             "channels": cfg_d["channels"],
             "params": sum(p.numel() for p in net.parameters()),
             "mflops_3_frames_at_work_size": round(count_flops(net, 3, shape) / 1e6, 2),
-            "blend": blend.to_dict(),
+            "blend": card_blend[name].to_dict(),
             "prealign": prealign,
             "training": {
                 "config": cfg_d,
