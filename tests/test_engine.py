@@ -260,13 +260,13 @@ def test_wide_gaps_are_filled_with_reexposures():
     assert abs(gap - 4.0) < 0.3
     assert virtual_stops(4.0, 2.0) == [2.0] and virtual_stops(4.05, 2.0) == [2.025]
     assert virtual_stops(6.0, 2.0) == [2.0, 4.0] and virtual_stops(1.5, 2.0) == [] and virtual_stops(9.0, 0) == []
-    frames, stack = fill_gaps(pair, small, shape, 2.0)
+    frames, stack = fill_gaps(pair, small, 2.0)
     assert len(frames) == 3 and isinstance(frames[1], Reexposed) and frames[1].frame is pair[0]
     assert stack.shape == (3, 3, *shape)
     means = stack.mean(axis=(1, 2, 3))
     assert means[0] < means[1] < means[2]  # the re-exposure lies between its neighbours
     dense = bracket(4)
-    assert len(fill_gaps(dense, reduce_frames(dense, shape), shape, 2.0)[0]) == 4
+    assert len(fill_gaps(dense, reduce_frames(dense, shape), 2.0)[0]) == 4
 
 
 def test_reexposures_match_torch_and_keep_source_colour(onnx_model):

@@ -179,7 +179,6 @@ def gray(img: np.ndarray) -> np.ndarray:
 
 _BAND_BYTES = 1 << 21
 """Size of one band of float32 RGB rows (2 MiB: stays in cache, allocated once and reused)."""
-FRAME_DTYPES = (np.uint8, np.uint16, np.float32)
 
 
 def code_peak(frame: np.ndarray) -> float:
@@ -223,11 +222,12 @@ def for_bands(fn: Callable[[int, int], None], h: int, w: int) -> None:
 
 @dataclass(frozen=True, eq=False)
 class Reexposed:
-    """A virtual frame: ``frame`` re-exposed by ``stops`` (its linear light × 2^stops, each
-    channel clipped at 1, as a camera would have recorded it), read like a frame.
+    """A virtual frame: ``frame`` re-exposed by ``stops`` (its linear light × 2^stops, a pixel
+    whose largest channel would pass 1 scaled down whole, hue kept), read like a frame.
 
-    Its structure and tone enter the pyramid blend as any frame's; its colour is its source's
-    (:func:`blend` hands its colour weight, × 2^stops, to ``frame``), so it adds no colour.
+    Its grey enters the coarse pyramid levels as any frame's; its colour is its source's
+    (:func:`blend` adds its weight, × its gain :func:`reexposure_gain` and the :func:`trust`
+    ramp, to ``frame``'s), so it adds no colour.
     """
 
     frame: np.ndarray
@@ -237,21 +237,21 @@ class Reexposed:
     def shape(self) -> tuple[int, ...]:
         return self.frame.shape
 
-    @property
-    def dtype(self) -> np.dtype:
-        return np.dtype(np.float32)
-
 
 Frame = np.ndarray | Reexposed
 """What the engine fuses: a frame's array, or a re-exposure of one."""
 
 
+TRUST_FROM, TRUST_RAMP = 0.04, 0.08
+"""A re-exposure's colour is trusted from its source's grey ``TRUST_FROM`` (codes ≤ 10 of 255:
+noise and the sensor's cast, which the re-exposure would amplify) to fully ``TRUST_RAMP`` above."""
+
+
 def trust(grey: np.ndarray) -> np.ndarray:
     """How far a re-exposure's colour can be trusted, from its source's grey (float32 in [0, 1]):
-    0 where the grey is at most 0.04 (codes ≤ 10 of 255: noise and the sensor's cast, which the
-    re-exposure would amplify), 1 from 0.12 up, linear between."""
-    t = grey - np.float32(0.04)
-    t *= np.float32(1 / 0.08)
+    0 at or below :data:`TRUST_FROM`, 1 from ``TRUST_FROM + TRUST_RAMP`` up, linear between."""
+    t = grey - np.float32(TRUST_FROM)
+    t *= np.float32(1 / TRUST_RAMP)
     return np.clip(t, 0.0, 1.0, out=t)
 
 
@@ -432,8 +432,7 @@ def reexpose_small(small: np.ndarray, stops: float) -> np.ndarray:
     return linear_to_srgb(lin * reexposure_gain(stops, lin.max(axis=0, keepdims=True)))
 
 
-def fill_gaps(frames: Sequence[np.ndarray], small: np.ndarray, shape: tuple[int, int], max_gap: float,
-              ) -> tuple[list[Frame], np.ndarray]:
+def fill_gaps(frames: Sequence[np.ndarray], small: np.ndarray, max_gap: float) -> tuple[list[Frame], np.ndarray]:
     """The frames (sorted dark to bright) with every exposure gap wider than ``max_gap`` stops
     filled by re-exposures of its darker frame (:class:`Reexposed`), and their reduced stack.
 
@@ -659,12 +658,14 @@ def blend(frames: Sequence[Frame], detail_logits: np.ndarray, tone_logits: np.nd
         for src, group in zip(sources, groups):
             lin = linear_rows(src, r0, r1)
             g = gray(rgb_rows(src, r0, r1))
-            w = None
+            w = peak = trusted = None
             for i, f in group:
                 s = tone_up[i].rows(r0, r1)
                 if isinstance(f, Reexposed):
-                    s *= reexposure_gain(f.stops, peak_rows(src, r0, r1, lin))
-                    s *= trust(g)
+                    if peak is None:
+                        peak, trusted = peak_rows(src, r0, r1, lin), trust(g)
+                    s *= reexposure_gain(f.stops, peak)
+                    s *= trusted
                 w = s if w is None else w.__iadd__(s)
             assert w is not None
             lg = srgb_to_linear(g)
@@ -770,7 +771,7 @@ class ExposureModel:
         if self.prealign:  # the reduced stack is made again from the aligned frames
             ordered = align_frames([rgb_rows(f, 0, h) for f in ordered], len(ordered) // 2)
             small = reduce_frames(ordered, shape)
-        fused, small = fill_gaps(ordered, small, shape, self.cfg.max_gap)
+        fused, small = fill_gaps(ordered, small, self.cfg.max_gap)
         prior, logits, gain = self.maps(small)
         return blend(fused, prior, logits, gain, self.cfg, out_bits)
 

@@ -287,6 +287,18 @@ def run(stage: str, cfg: ExposureTrainConfig, out: Path, genotype: list[str] | N
     return summary
 
 
+def with_blend(blend: BlendConfig, item: str) -> BlendConfig:
+    """``blend`` with one field set from ``FIELD=VALUE`` (typed as the field).
+
+    Raises:
+        SystemExit: an unknown field.
+    """
+    key, _, value = item.partition("=")
+    if key not in BlendConfig.__dataclass_fields__:
+        raise SystemExit(f"--set blend.{item}: unknown blend field {key!r}")
+    return replace(blend, **{key: type(getattr(blend, key))(value)})
+
+
 def ship(run_dir: Path, weights_dir: Path | None = None, blend_overrides: list[str] | None = None) -> list[Path]:
     """Ship a trained run: ``exposure.safetensors`` + ``exposure.onnx`` + the cards ``general.json``
     and ``aligned.json`` (the same network; ``aligned`` pre-aligns every frame by optical flow).
@@ -314,11 +326,10 @@ def ship(run_dir: Path, weights_dir: Path | None = None, blend_overrides: list[s
     card_blend = {"general": blend, "aligned": blend}
     for item in blend_overrides or []:
         target, _, setting = item.rpartition(":")
-        key, _, value = setting.partition("=")
-        if key not in BlendConfig.__dataclass_fields__ or target not in ("", *card_blend):
-            raise SystemExit(f"ship --set blend.{item}: unknown card or blend field {key!r}")
+        if target not in ("", *card_blend):
+            raise SystemExit(f"ship --set blend.{item}: unknown card {target!r} (general or aligned)")
         for name in card_blend if not target else [target]:
-            card_blend[name] = replace(card_blend[name], **{key: type(getattr(blend, key))(value)})
+            card_blend[name] = with_blend(card_blend[name], setting)
     net = ExposureNet.from_ops(summary["genotype"], cfg_d["channels"], blend.max_gain)
     net.load_state_dict(load_file(str(run_dir / "exposure.safetensors")))
     shutil.copyfile(run_dir / "exposure.safetensors", weights_dir / "exposure.safetensors")
@@ -396,9 +407,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = ExposureTrainConfig()
     for item in args.set:
         key, _, value = item.partition("=")
-        if key.startswith("blend.") and key[6:] in BlendConfig.__dataclass_fields__:
-            sub = key[6:]
-            cfg.blend = replace(cfg.blend, **{sub: type(getattr(cfg.blend, sub))(value)})
+        if key.startswith("blend."):
+            cfg.blend = with_blend(cfg.blend, item[6:])
             continue
         if key not in ExposureTrainConfig.__dataclass_fields__ or key in ("blend", "candidates"):
             raise SystemExit(f"--set {item}: unknown or structured field {key!r} (blend settings: blend.<field>)")

@@ -493,6 +493,16 @@ def to_uint(rgb: np.ndarray, bits: int = 8) -> np.ndarray:
     return np.round(np.clip(rgb, 0.0, 1.0) * peak).astype(dtype)
 
 
+EIGHT_BIT_SUFFIXES = (".jpg", ".jpeg", ".webp", ".bmp")
+"""Output formats written with 8 bits whatever was asked."""
+
+
+def output_bits(path: str | os.PathLike[str], bits: int) -> int:
+    """The bit depth :func:`write_image` writes ``path`` with when asked for ``bits``: 8 for the
+    formats of :data:`EIGHT_BIT_SUFFIXES`, else ``bits``."""
+    return 8 if Path(path).suffix.lower() in EIGHT_BIT_SUFFIXES else bits
+
+
 def _png_chunk(kind: bytes, payload: bytes) -> bytes:
     return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
 
@@ -549,8 +559,7 @@ def _write_image(
         raise InputError(f"{path}: unknown output format {suffix!r}; use .jpg, .png or .tif")
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise InputError(f"{path}: expected an (H, W, 3) image, got shape {tuple(rgb.shape)}")
-    if suffix in (".jpg", ".jpeg", ".webp", ".bmp"):
-        bits = 8
+    bits = output_bits(path, bits)
     q = to_uint(rgb, bits)
     meta = bool(exif or icc)
     if bits == 8 and meta and suffix in (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp"):

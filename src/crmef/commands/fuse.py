@@ -17,8 +17,8 @@ import argparse
 import os
 import re
 import sys
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from crmef.errors import CrmefError, InputError
@@ -120,8 +120,6 @@ def make_fuser(args: argparse.Namespace) -> Fuser:
     return paper
 
 
-
-
 def _same_file(a: Path, b: Path) -> bool:
     """True when ``a`` and ``b`` name one file, however spelt (relative, ``./``, symlink, hard link)."""
     try:
@@ -221,15 +219,13 @@ def fuse_files(paths: list[Path], output: Path, fuser: Fuser, bits: int | None, 
     Every check a file can fail (:func:`check_inputs`) runs first; ``loaded`` passes its result
     when the caller has run it already. Each file is decoded once.
     """
-    from crmef.imageio import write_image
+    from crmef.imageio import output_bits, write_image
 
     paths = [Path(p) for p in paths]
     if loaded is None:
         loaded = check_inputs(paths, output)  # clear per-file errors first
     frames = [loaded[p] for p in paths]
-    out_bits = bits or max(f.bits for f in frames)
-    if output.suffix.lower() in (".jpg", ".jpeg", ".webp", ".bmp"):
-        out_bits = 8
+    out_bits = output_bits(output, bits or max(f.bits for f in frames))
     result = fuser(frames, [str(p) for p in paths], out_bits)
     meta = next((f for f in frames if f.exif or f.icc), frames[0])
     check_paths(paths, output)  # still not an input (a link may have been made meanwhile)

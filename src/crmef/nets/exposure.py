@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from crmef.engine import GRAY, BlendConfig, pyramid_levels
+from crmef.engine import GRAY, TRUST_FROM, TRUST_RAMP, BlendConfig, pyramid_levels
 from crmef.space import Choice
 
 EXPOSURE_SLOTS = 3
@@ -259,7 +259,8 @@ def reexpose_t(frame: Tensor, stops: float) -> tuple[Tensor, Tensor, Tensor]:
     peak = lin.amax(dim=1, keepdim=True).clamp(min=1e-6)
     gain = torch.minimum(torch.full_like(peak, 2.0**stops), 1.0 / peak)
     grey = gray_t(frame)
-    return linear_to_srgb_t(lin * gain), ((grey - 0.04) / 0.08).clamp(0, 1), srgb_to_linear_t(grey) * gain
+    trusted = ((grey - TRUST_FROM) / TRUST_RAMP).clamp(0, 1)
+    return linear_to_srgb_t(lin * gain), trusted, srgb_to_linear_t(grey) * gain
 
 
 def fuse_torch(net: ExposureNet, frames: Tensor, cfg: BlendConfig) -> Tensor:
