@@ -13,15 +13,19 @@ Test sets (scenes never used for training or search; the committed split of ``..
   fuse every frame, the models get every frame as ``crmef fuse`` would, ``mertens`` the extremes.
 
 Every set has the enfuse row (Hugin's enfuse, Debian package ``enfuse``) when the binary is on
-PATH, and ``chroma_hull`` (colour outside the sources' chromaticities, lower is better) beside
-MEF-SSIM.
+PATH, and beside MEF-SSIM ``chroma_hull`` (colour outside the sources' chromaticities, lower is
+better) and ``chroma_kept`` (the share of the best-exposed source's colourfulness kept, higher is
+better: a pale, washed-out fusion stays inside the hull).
 
 Targets checked (and printed as PASS/MISS with the margin):
 
 - general, sequences: PSNR ≥ Mertens + 1 dB and MEF-SSIM ≥ Mertens's; chroma hull ≤ 0.0025 and
   no scene above Mertens's value for that scene + 0.002;
 - general, hdr: PSNR ≥ Mertens + 2 dB and LPIPS < Mertens's; chroma hull ≤ enfuse's;
-- general, sequences-all: N-frame MEF-SSIM ≥ Mertens-all + 0.002, chroma hull ≤ Mertens-all's;
+- general, sequences-all: N-frame MEF-SSIM ≥ Mertens-all + 0.002, chroma hull ≤ Mertens-all's,
+  chroma kept ≥ enfuse-all's (and ≥ 0.95 × Mertens-all's, whose saturation weight favours the
+  most saturated frame);
+- general, sequences and hdr: chroma kept ≥ Mertens's;
 - aligned, misaligned sets: PSNR ≥ flow-then-Mertens + 3 dB; chroma hull ≤ Mertens's.
 
 It also fuses the real hand-held bracket (``../shared/data/misaligned/handheld``) with every
@@ -44,7 +48,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
-METRICS = ["psnr", "ssim", "lpips", "fsim", "mef_ssim", "chroma_hull"]
+METRICS = ["psnr", "ssim", "lpips", "fsim", "mef_ssim", "chroma_hull", "chroma_kept"]
+#: Decimals kept in the cards (4 otherwise).
+DIGITS = {"chroma_hull": 5, "chroma_kept": 3}
 #: Per-image rows of every set (method, sample, metrics), filled by :func:`run_set`.
 ROWS: dict[str, list[dict]] = {}
 
@@ -200,6 +206,15 @@ def main() -> int:
     rows.append(("general, sequences-all: N-frame MEF-SSIM ≥ Mertens-all + 0.002", d >= 0.002, f"{d:+.4f}"))
     d = val("sequences-all", g, "chroma_hull") - val("sequences-all", "mertens_all", "chroma_hull")
     rows.append(("general, sequences-all: chroma hull ≤ Mertens-all", d <= 0, f"{d:+.5f}"))
+    if "enfuse_all" in res["sequences-all"]:
+        d = val("sequences-all", g, "chroma_kept") - val("sequences-all", "enfuse_all", "chroma_kept")
+        rows.append(("general, sequences-all: chroma kept ≥ enfuse-all", d >= 0, f"{d:+.3f}"))
+    k, m = val("sequences-all", g, "chroma_kept"), val("sequences-all", "mertens_all", "chroma_kept")
+    rows.append(("general, sequences-all: chroma kept ≥ 0.95 × Mertens-all", k >= 0.95 * m,
+                 f"{k:.3f} vs {m:.3f} ({k / m:.3f}×)"))
+    for set_ in ("sequences", "hdr"):
+        d = val(set_, g, "chroma_kept") - val(set_, "mertens", "chroma_kept")
+        rows.append((f"general, {set_}: chroma kept ≥ Mertens", d >= 0, f"{d:+.3f}"))
     if a:
         for set_ in ("hdr-misaligned", "sequences-misaligned"):
             d = val(set_, a, "psnr") - val(set_, "flow_mertens", "psnr")
@@ -221,10 +236,10 @@ def main() -> int:
             test = {}
             for set_, entry in res.items():
                 m = entry.get(model_label(model))
-                base = {b: {k: round(entry[b][k][0], 5 if k == "chroma_hull" else 4) for k in METRICS if entry[b].get(k)}
+                base = {b: {k: round(entry[b][k][0], DIGITS.get(k, 4)) for k in METRICS if entry[b].get(k)}
                         for b in ("mertens", "flow_mertens", "enfuse", "mertens_all", "enfuse_all") if b in entry}
                 if m:
-                    test[set_] = {"n": m["n"], **{k: round(m[k][0], 5 if k == "chroma_hull" else 4)
+                    test[set_] = {"n": m["n"], **{k: round(m[k][0], DIGITS.get(k, 4))
                                                   for k in METRICS if m.get(k)},
                                   "baselines": base}
             card.setdefault("metrics", {})["test"] = test

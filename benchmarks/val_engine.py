@@ -3,9 +3,9 @@
     .venv/bin/python benchmarks/val_engine.py CARD.json [CARD.json ...] --out runs/val_engine
 
 Sets (validation split of ../shared/data): sequences with every frame (N-frame MEF-SSIM and
-chroma_hull against all frames), sequences' extremes (PSNR against the full-bracket Mertens
-reference, MEF-SSIM, chroma_hull) and 8 synthetic pairs of the validation HDR map (PSNR, LPIPS,
-chroma_hull); Mertens, Mertens-all and enfuse beside the candidates. ``--sets`` may add
+chroma_hull and chroma_kept against all frames), sequences' extremes (PSNR against the
+full-bracket Mertens reference, MEF-SSIM, chroma_hull, chroma_kept) and 8 synthetic pairs of the
+validation HDR map (PSNR, LPIPS, chroma_hull, chroma_kept); Mertens, Mertens-all and enfuse beside the candidates. ``--sets`` may add
 ``hdr-mis`` and ``seq-mis``: the same pairs with the under frame misaligned (``crmef eval
 --misalign``), flow-then-Mertens beside the candidates (give the ``aligned`` cards there).
 """
@@ -30,9 +30,9 @@ def main() -> int:
 
     models = ",".join(f"model:{c}" for c in args.cards)
     sets = {
-        "all": (SHARED / "sequences", "mertens_all,enfuse_all," + models, ["mef_ssim", "chroma_hull"], "all", None),
-        "pairs": (SHARED / "sequences", "mertens,enfuse," + models, ["psnr", "mef_ssim", "chroma_hull"], "pair", None),
-        "hdr": (SHARED / "hdr", "mertens,enfuse," + models, ["psnr", "lpips", "chroma_hull"], "pair", 8),
+        "all": (SHARED / "sequences", "mertens_all,enfuse_all," + models, ["mef_ssim", "chroma_hull", "chroma_kept"], "all", None),
+        "pairs": (SHARED / "sequences", "mertens,enfuse," + models, ["psnr", "mef_ssim", "chroma_hull", "chroma_kept"], "pair", None),
+        "hdr": (SHARED / "hdr", "mertens,enfuse," + models, ["psnr", "lpips", "chroma_hull", "chroma_kept"], "pair", 8),
         "hdr-mis": (SHARED / "hdr", "flow_mertens," + models, ["psnr", "chroma_hull"], "pair", 8),
         "seq-mis": (SHARED / "sequences", "flow_mertens," + models, ["psnr", "chroma_hull"], "pair", None),
     }

@@ -246,3 +246,50 @@ def test_linear_mix_scores_near_zero_and_a_tint_does_not(shared_data: Path) -> N
     print(f"Seq_25: linear mix {clean:.6f}, tinted {cast:.6f}")
     assert clean < 1e-3
     assert cast > clean + 0.002 and cast > 5 * clean
+
+
+# ----------------------------------------------------------------------------- chroma_kept
+
+
+def test_chroma_kept_reference_is_the_best_exposed_source() -> None:
+    """A saturated source at middle grey and a pale, bright one: the saturated one is the
+    reference, so a copy of it keeps 1, a copy of the pale one keeps its share, a grey keeps 0,
+    and a more saturated image than the reference scores above 1."""
+    from crmef.metrics.chroma import chroma_kept
+
+    lin_sat = np.broadcast_to(np.array([0.30, 0.16, 0.10]), (16, 16, 3))  # Y ≈ 0.18, orange
+    lin_pale = np.broadcast_to(np.array([0.95, 0.90, 0.85]), (16, 16, 3))  # nearly white
+    sat, pale = _to_srgb(lin_sat), _to_srgb(lin_pale)
+    assert chroma_kept([sat, pale], sat) == pytest.approx(1.0)
+    assert chroma_kept([pale, sat], sat) == pytest.approx(1.0)  # any order
+    share = chroma_kept([sat, pale], pale)
+    assert 0.05 < share < 0.5
+    grey = _to_srgb(np.full((16, 16, 3), 0.2))  # linear R = G = B: D65 white
+    assert chroma_kept([sat, pale], grey) < 0.01
+    more = _to_srgb(np.broadcast_to(np.array([0.40, 0.14, 0.05]), (16, 16, 3)))
+    assert chroma_kept([sat, pale], more) > 1.2
+    assert math.isnan(chroma_kept([np.zeros((8, 8, 3))], np.zeros((8, 8, 3))))
+    with pytest.raises(InputError, match="same size"):
+        chroma_kept([sat], sat[:8])
+
+
+def test_chroma_kept_sees_what_chroma_hull_cannot(shared_data: Path) -> None:
+    """On a real bracket: the luminance-weighted linear mix (dominated by the brightest, palest
+    frame) stays in the hull yet keeps clearly less colour than the best-exposed frame at each
+    place; the frame-by-frame copy of the best-exposed source keeps all of it."""
+    from crmef.imageio import read_image
+    from crmef.metrics.chroma import chroma_kept
+
+    folder = shared_data / "sequences" / "deepfuse" / "Seq_25"
+    srcs = [read_image(folder / f"Img{i}.jpg") for i in (1, 2, 3)]
+    lin = np.stack([_to_linear(s.astype(np.float64)) for s in srcs])
+    pale = _to_srgb(lin.sum(axis=0) / 3)
+    assert chroma_hull(srcs, pale) < 1e-3
+    kept_pale = chroma_kept(srcs, pale)
+    grey = lin @ np.array([0.2126, 0.7152, 0.0722])
+    best = np.abs(np.log(np.maximum(grey, 1e-6) / 0.18)).argmin(axis=0)
+    pick = np.take_along_axis(lin, best[None, ..., None].repeat(3, -1), 0)[0]
+    kept_best = chroma_kept(srcs, _to_srgb(pick))
+    print(f"Seq_25: chroma kept, linear mean {kept_pale:.3f}, best-exposed per pixel {kept_best:.3f}")
+    assert kept_pale < 0.85 * kept_best
+    assert kept_best > 0.9

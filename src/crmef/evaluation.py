@@ -51,7 +51,7 @@ from crmef.imageio import IMAGE_SUFFIXES, load_image, write_image
 from crmef.utils import atomic_path, atomic_write_text
 
 REFERENCE_METRIC_NAMES = ("psnr", "ssim", "lpips", "fsim")
-NO_REFERENCE_METRIC_NAMES = ("mef_ssim", "chroma_hull")
+NO_REFERENCE_METRIC_NAMES = ("mef_ssim", "chroma_hull", "chroma_kept")
 ALL_METRIC_NAMES = (*REFERENCE_METRIC_NAMES, *NO_REFERENCE_METRIC_NAMES)
 BASELINE_NAMES = ("mertens", "flow_mertens", "mean", "enfuse", "mertens_all", "enfuse_all")
 FRAME_MODES = ("pair", "all")
@@ -77,11 +77,11 @@ def score_tensors(metrics: Sequence[str], img: torch.Tensor, ref: torch.Tensor |
     """Score one image.
 
     Args:
-        metrics: names from ``psnr, ssim, lpips, fsim, mef_ssim, chroma_hull``.
+        metrics: names from ``psnr, ssim, lpips, fsim, mef_ssim, chroma_hull, chroma_kept``.
         img: (3, H, W) RGB in [0, 1].
         ref: (3, H, W) reference, needed for the full-reference metrics.
-        sources: the (3, H, W) exposures (two or more), needed for ``mef_ssim`` and
-            ``chroma_hull``.
+        sources: the (3, H, W) exposures (two or more), needed for ``mef_ssim``,
+            ``chroma_hull`` and ``chroma_kept``.
 
     Returns:
         ``{metric: value}``.
@@ -98,15 +98,15 @@ def score_tensors(metrics: Sequence[str], img: torch.Tensor, ref: torch.Tensor |
             if not sources:
                 raise InputError("metric mef_ssim needs the source exposures")
             out[name] = float(mef_ssim(list(sources), img)[0])
-        elif name == "chroma_hull":
+        elif name in ("chroma_hull", "chroma_kept"):
             if not sources:
-                raise InputError("metric chroma_hull needs the source exposures")
-            from crmef.metrics.chroma import chroma_hull
+                raise InputError(f"metric {name} needs the source exposures")
+            from crmef.metrics import chroma
 
             def hwc(t: torch.Tensor) -> np.ndarray:
                 return t.detach().cpu().permute(1, 2, 0).numpy()
 
-            out[name] = chroma_hull([hwc(s) for s in sources], hwc(img))
+            out[name] = getattr(chroma, name)([hwc(s) for s in sources], hwc(img))
         else:
             raise InputError(f"unknown metric {name!r}; choose from {', '.join(ALL_METRIC_NAMES)}")
     return out
@@ -491,7 +491,7 @@ def evaluate(samples: Sequence[Sample], methods: Sequence[Method], metrics: Sequ
 def _fmt(v: tuple[float, float] | None, metric: str) -> str:
     if v is None:
         return "–"
-    digits = 2 if metric == "psnr" else 5 if metric == "chroma_hull" else 4
+    digits = 2 if metric == "psnr" else 5 if metric == "chroma_hull" else 3 if metric == "chroma_kept" else 4
     return f"{v[0]:.{digits}f} ± {v[1]:.{digits}f}"
 
 

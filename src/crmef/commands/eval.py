@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "(mertens_all, enfuse_all, model:) fuse all of them, pair methods the two extremes")
     parser.add_argument("--split", default="test", help="train, val, test or all (default: test)")
     parser.add_argument("--metrics", default="auto",
-                        help="comma-separated metrics, or auto: psnr,ssim,lpips,fsim,mef_ssim,chroma_hull "
+                        help="comma-separated metrics, or auto: psnr,ssim,lpips,fsim,mef_ssim,chroma_hull,chroma_kept "
                              "(reference metrics only where samples have a reference)")
     parser.add_argument("--report", type=Path, default=None, metavar="OUT",
                         help="write tables, index.html and figures/*.png into OUT (fused cache in OUT/cache)")

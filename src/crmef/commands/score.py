@@ -5,7 +5,8 @@ Full reference::
     crmef score --metric psnr,ssim,lpips,fsim --ref REF --img IMG [--json]
 
 No reference (MEF-SSIM of a fusion against its sources; the chroma hull distance, colour the
-fusion holds outside its sources' chromaticities, lower is better)::
+fusion holds outside its sources' chromaticities, lower is better; chroma_kept, the share of the
+best-exposed source's colourfulness the fusion keeps, higher is better)::
 
     crmef score --metric mef_ssim,chroma_hull --inputs F1 F2 [F3 ...] --img FUSED [--json]
 """
@@ -22,14 +23,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "score",
         help="PSNR / SSIM / LPIPS / FSIM against a reference, or MEF-SSIM / chroma hull against the sources",
-        description="Score one image. Full-reference metrics need --ref; mef_ssim and chroma_hull need --inputs.",
+        description="Score one image. Full-reference metrics need --ref; mef_ssim, chroma_hull and chroma_kept need --inputs.",
     )
     parser.add_argument("--metric", default="psnr,ssim,fsim",
-                        help="comma-separated: psnr, ssim, lpips, fsim, mef_ssim, chroma_hull (default: psnr,ssim,fsim)")
+                        help="comma-separated: psnr, ssim, lpips, fsim, mef_ssim, chroma_hull, chroma_kept (default: psnr,ssim,fsim)")
     parser.add_argument("--img", type=Path, required=True, help="the image to score (e.g. a fused result)")
     parser.add_argument("--ref", type=Path, default=None, help="reference image (psnr, ssim, lpips, fsim)")
     parser.add_argument("--inputs", type=Path, nargs="+", default=None, metavar="SOURCE",
-                        help="the source exposures F1 F2 [F3 ...], any order (mef_ssim, chroma_hull)")
+                        help="the source exposures F1 F2 [F3 ...], any order (mef_ssim, chroma_hull, chroma_kept)")
     parser.add_argument("--json", action="store_true", help='print {"psnr": ..., ...} as JSON')
     parser.set_defaults(func=run)
 

@@ -39,12 +39,13 @@ _LAZY = {
     "ssim": ("crmef.metrics.ssim", "ssim"),
     "chroma_hull": ("crmef.metrics.chroma", "chroma_hull"),
     "chroma_hull_map": ("crmef.metrics.chroma", "chroma_hull_map"),
+    "chroma_kept": ("crmef.metrics.chroma", "chroma_kept"),
 }
 #: Full-reference metric names (``REFERENCE_METRICS`` maps them to ``fn(img, ref) -> (B,)``).
 REFERENCE_METRIC_NAMES = ("psnr", "ssim", "lpips", "fsim")
 #: True where a larger value is better.
 HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips": False, "fsim": True, "mef_ssim": True,
-                    "chroma_hull": False}
+                    "chroma_hull": False, "chroma_kept": True}
 
 __all__ = ["HIGHER_IS_BETTER", "REFERENCE_METRICS", "REFERENCE_METRIC_NAMES", *_LAZY]
 

@@ -39,7 +39,8 @@ import numpy as np
 
 from crmef.errors import InputError
 
-__all__ = ["BLOCK", "SRGB_TO_XYZ", "Y_MIN", "block_chromaticity", "chroma_hull", "chroma_hull_map", "hull_distance"]
+__all__ = ["BLOCK", "D65_UV", "MID_GREY", "SRGB_TO_XYZ", "Y_MIN", "block_chromaticity", "chroma_hull", "chroma_hull_map",
+           "chroma_kept", "hull_distance"]
 
 BLOCK = 8
 """Side of the square blocks (pixels) that are averaged in linear light."""
@@ -265,3 +266,52 @@ def chroma_hull(sources: Sequence[np.ndarray], fused: np.ndarray) -> float:
     d = chroma_hull_map(sources, fused)
     counted = np.isfinite(d)
     return float(d[counted].mean()) if counted.any() else float("nan")
+
+
+D65_UV = (0.1978, 0.4683)
+"""u'v' of the D65 white point (the neutral of sRGB): a block's chroma is its distance to it."""
+MID_GREY = 0.18
+"""Linear luminance a well-exposed block is closest to (photographic middle grey)."""
+
+
+def chroma_kept(sources: Sequence[np.ndarray], fused: np.ndarray) -> float:
+    """How much of its sources' colourfulness a fused image keeps (higher is better; 1 = all).
+
+    ``chroma_hull`` sees colour a fusion invents but not colour it loses: a grey-washed mix stays
+    inside the hull. This metric sees the loss, with no reference image. Per 8x8 block (steps 1-3
+    of :func:`chroma_hull`), a block's chroma is its u'v' distance to D65 white; the block's
+    reference is the source best exposed there (its Y closest to middle grey 0.18 in log,
+    ``|log(Y / 0.18)|`` smallest), the colour a photographer sees in the frame made for that place.
+    The metric is ``Σ chroma(fused) / Σ chroma(reference)`` over the blocks that count for
+    :func:`chroma_hull` (fused Y > 0.002 and a source with Y > 0.002). A fusion as colourful as
+    the best-exposed frame everywhere scores 1; one that washes colour out to the palest frame's
+    scores its ratio; above 1 is more saturated than any well-exposed source (see ``chroma_hull``
+    for whether that colour is invented).
+
+    Args:
+        sources: the N >= 1 source exposures, (H, W, 3) RGB each: uint8, uint16 or float in [0, 1].
+        fused: the fused image, same size and conventions.
+
+    Returns:
+        The ratio (float); NaN when no block counts or the references have no colour at all.
+    """
+    _check_inputs(sources, fused)
+    fuv, fy = block_chromaticity(fused, "fused image")
+    best = np.full(fy.shape, np.inf)
+    ref = np.zeros(fy.shape)
+    usable = np.zeros(fy.shape, bool)
+    white = np.array(D65_UV)
+    for i, s in enumerate(sources):
+        uv, y = block_chromaticity(s, f"source {i + 1}")
+        ok = y > Y_MIN
+        with np.errstate(divide="ignore", invalid="ignore"):
+            dist = np.where(ok, np.abs(np.log(np.maximum(y, 1e-12) / MID_GREY)), np.inf)
+        take = dist < best
+        best[take] = dist[take]
+        ref[take] = np.hypot(*(uv[take] - white).T)
+        usable |= ok
+    counted = (fy > Y_MIN) & usable & np.isfinite(fuv).all(axis=-1) & np.isfinite(ref)
+    den = float(ref[counted].sum())
+    if not counted.any() or den <= 0:
+        return float("nan")
+    return float(np.hypot(*(fuv[counted] - white).T).sum() / den)
