@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -81,8 +82,17 @@ def test_numpy_blend_equals_torch_blend():
                     torch.from_numpy(gain)[None, None], cfg)
     b = b[0].permute(1, 2, 0).numpy()
     assert a.shape == b.shape == frames[0].shape
-    assert np.abs(a - b).mean() < 2e-3
-    assert np.abs(a - b).max() < 0.05
+    assert np.abs(a - b).mean() < 1e-4  # equal but for float32 rounding (was 2e-3 before pyr_up matched cv2.pyrUp)
+    assert np.abs(a - b).max() < 0.02
+
+
+def pixel_hull(frames: list[np.ndarray], out: np.ndarray) -> float:
+    """Mean per-pixel chroma hull distance: ``chroma_hull`` of the images with every pixel made an
+    8x8 block (the block form also counts the residue of a mix that varies inside a block)."""
+    def up(a: np.ndarray) -> np.ndarray:
+        return cv2.resize(a, None, fx=8, fy=8, interpolation=cv2.INTER_NEAREST)
+
+    return chroma_hull([up(f) for f in frames], up(out))
 
 
 def test_output_colour_comes_from_the_sources():
@@ -93,7 +103,7 @@ def test_output_colour_comes_from_the_sources():
     gain = np.full(shape, 0.8, np.float32)  # even a strong gain keeps the hue
     prior = prior_logits(small, cfg.sigma)
     out = blend(frames, prior, prior, gain, cfg)
-    assert chroma_hull(frames, out) < 5e-4
+    assert pixel_hull(frames, out) < 1e-5
     tinted = linear_to_srgb(np.clip(srgb_to_linear(out) * np.array([0.92, 1.0, 1.12], np.float32), 0, 1))
     assert chroma_hull(frames, tinted) > 4 * chroma_hull(frames, out)
 
@@ -119,7 +129,7 @@ def test_onnx_engine_equals_torch(onnx_model):
     out = model(frames)
     with torch.no_grad():
         ref = fuse_torch(net, torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2), BlendConfig())
-    assert np.abs(out - ref[0].permute(1, 2, 0).numpy()).mean() < 2e-3
+    assert np.abs(out - ref[0].permute(1, 2, 0).numpy()).mean() < 1e-4
 
 
 def test_frame_order_does_not_matter_and_n_frames_fuse(onnx_model):
@@ -279,8 +289,8 @@ def test_reexposures_match_torch_and_keep_source_colour(onnx_model):
     assert np.abs(out - plain(pair)).mean() > 1e-3  # the re-exposure changes the result
     with torch.no_grad():
         ref = fuse_torch(net, torch.from_numpy(np.stack(pair)).permute(0, 3, 1, 2), cfg)
-    assert np.abs(out - ref[0].permute(1, 2, 0).numpy()).mean() < 2e-3
-    assert chroma_hull(pair, out) < 5e-4
+    assert np.abs(out - ref[0].permute(1, 2, 0).numpy()).mean() < 1e-4
+    assert pixel_hull(pair, out) < 1e-5
     codes = [np.round(f * 255).astype(np.uint8) for f in pair]
     assert np.abs(model(codes, out_bits=8).astype(np.float64) - np.round(out * 255)).max() <= 2
 
@@ -311,3 +321,17 @@ def test_ship_writes_cards_with_blend_settings_chosen_after_training(tmp_path):
     assert model.cfg.detail_levels == 7 and model(bracket(2)).shape == (96, 128, 3)
     with pytest.raises(SystemExit):
         ship(run, out, ["nonsense=1"])
+
+
+def test_torch_pyramid_ops_equal_opencv_at_every_size():
+    """The training twin's pyr_down / pyr_up equal cv2's on odd and 1-2 px sizes too (the top of
+    a full-depth pyramid decides the global tone; cropping before filtering once cost 0.03 of grey)."""
+    from crmef.nets.exposure import pyr_down, pyr_up
+
+    rng = np.random.default_rng(0)
+    for h, w in ((8, 12), (5, 7), (3, 4), (2, 3), (1, 2), (1, 1)):
+        a = rng.random((h, w)).astype(np.float32)
+        d = cv2.pyrDown(a)
+        assert np.abs(pyr_down(torch.from_numpy(a)[None, None])[0, 0].numpy() - d).max() < 1e-6
+        up = pyr_up(torch.from_numpy(d)[None, None], (h, w))[0, 0].numpy()
+        assert np.abs(up - cv2.pyrUp(d, dstsize=(w, h))).max() < 1e-6, (h, w)

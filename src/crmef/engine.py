@@ -9,8 +9,8 @@ How one output pixel is made (``frames`` sorted dark to bright, RGB in [0, 1]):
 
 0. **Gaps.** Consecutive frames more than ``max_gap`` stops apart get re-exposures of the darker
    one between them (:func:`fill_gaps`, :class:`Reexposed`): a pair is fused as the bracket it
-   stands for. Re-exposures join the network's input, the coarse (tone) levels and the colour
-   mix (where their source is not too dark to trust), never the detail levels.
+   stands for. Re-exposures join the network's input and the coarse (tone) levels, never the
+   detail levels or the colour mix.
 1. **Work resolution.** Every frame is reduced to ``work_size`` pixels on its long side (area
    average). The exposure network (:class:`crmef.nets.exposure.ExposureNet`, exported to ONNX)
    sees the N reduced frames at once (shared weights per frame, a cross-frame mean for context)
@@ -24,13 +24,17 @@ How one output pixel is made (``frames`` sorted dark to bright, RGB in [0, 1]):
    the coarser levels the network's tone logits (tone, down to the global average).
 3. **Structure.** The pyramid blend of the frames' grey images (MATLAB ``rgb2gray``, as
    MEF-SSIM sees them): the output's grey ``Y``.
-4. **Colour.** A linear-light mix of the sources with the network's smooth weights,
-   ``M = Σ s_i lin(I_i)``, scaled per pixel to the target luminance
-   ``out = M · 2^gain · lin(Y) / Σ s_i lin(g_i)`` (the denominator is the mix's luminance as the
-   grey sees it, exact for a single source however saturated). Every output pixel is a positive multiple of a positive
-   mix of its sources in linear light, so its chromaticity lies in the convex hull of theirs:
-   the engine cannot invent colour. A pixel whose largest channel would pass 1 is scaled down
-   as a whole (its hue kept).
+4. **Colour.** Each frame brings its unit-luminance colour ``lin(I_i) / lin(g_i)`` (its
+   chromaticity, whatever its exposure), weighted by its smooth weight × its colour confidence
+   (:func:`colour_confidence`: none where it is near black or a channel is clipped):
+   ``out = lin(Y) · 2^gain · Σ a_i lin(I_i)/lin(g_i) / Σ a_i``. A mix of ``lin(I_i)`` itself
+   would be dominated by the brightest frame (2^stops more light), the palest; this one keeps
+   the colour of the frame the weights choose. Where that colour at the target luminance
+   passes white, it moves towards the luminance-weighted mix ``Σ s_i lin(I_i) / Σ s_i lin(g_i)``
+   (the palest colour the sources hold there) just enough to fit, then any channel still above
+   1 scales the pixel down whole. Every output pixel is a positive multiple of a positive mix of
+   its sources in linear light, so its chromaticity lies in the convex hull of theirs: the
+   engine cannot invent colour.
 
 Frames are read as decoded (uint8 / uint16 codes, or float32) band by band of rows; no float
 copy of a whole frame is made, and one frame's pyramid is alive at a time (:func:`blend`): a
@@ -225,9 +229,8 @@ class Reexposed:
     """A virtual frame: ``frame`` re-exposed by ``stops`` (its linear light × 2^stops, a pixel
     whose largest channel would pass 1 scaled down whole, hue kept), read like a frame.
 
-    Its grey enters the coarse pyramid levels as any frame's; its colour is its source's
-    (:func:`blend` adds its weight, × its gain :func:`reexposure_gain` and the :func:`trust`
-    ramp, to ``frame``'s), so it adds no colour.
+    Its grey enters the coarse pyramid levels as any frame's; it brings no colour (the colour
+    mix of :func:`blend` takes the real frames only).
     """
 
     frame: np.ndarray
@@ -243,16 +246,44 @@ Frame = np.ndarray | Reexposed
 
 
 TRUST_FROM, TRUST_RAMP = 0.04, 0.08
-"""A re-exposure's colour is trusted from its source's grey ``TRUST_FROM`` (codes ≤ 10 of 255:
-noise and the sensor's cast, which the re-exposure would amplify) to fully ``TRUST_RAMP`` above."""
+"""A frame's colour is trusted from its grey ``TRUST_FROM`` (codes <= 10 of 255: noise and the
+sensor's cast) up, fully from ``TRUST_FROM + TRUST_RAMP``."""
+CLIP_AT, CLIP_RAMP = 0.99, 0.10
+"""... and distrusted as its largest channel nears white: none at ``CLIP_AT`` (a clipped channel
+has lost the hue), full up to ``CLIP_AT - CLIP_RAMP``."""
+COLOUR_FLOOR = 0.01
+"""Confidence every frame keeps (where all are dark or clipped, the mix still has a colour)."""
 
 
 def trust(grey: np.ndarray) -> np.ndarray:
-    """How far a re-exposure's colour can be trusted, from its source's grey (float32 in [0, 1]):
-    0 at or below :data:`TRUST_FROM`, 1 from ``TRUST_FROM + TRUST_RAMP`` up, linear between."""
+    """The dark end of a frame's colour confidence, from its grey (float32 in [0, 1]): 0 at or
+    below :data:`TRUST_FROM`, 1 from ``TRUST_FROM + TRUST_RAMP`` up, linear between."""
     t = grey - np.float32(TRUST_FROM)
     t *= np.float32(1 / TRUST_RAMP)
     return np.clip(t, 0.0, 1.0, out=t)
+
+
+_T8 = np.arange(256, dtype=np.float64) / 255
+_UNCLIPPED8 = np.clip((CLIP_AT - _T8) / CLIP_RAMP, 0, 1).astype(np.float32)
+_UNCLIPPED16 = np.clip((CLIP_AT - _T) / CLIP_RAMP, 0, 1).astype(np.float32)
+
+
+def colour_confidence(frame: np.ndarray, r0: int, r1: int, grey: np.ndarray) -> np.ndarray:
+    """How far the colour of rows ``[r0, r1)`` of ``frame`` can be trusted, float32 (h, W) in
+    [COLOUR_FLOOR, 1 + COLOUR_FLOOR]: :func:`trust` of its ``grey`` (those rows' sRGB grey) ×
+    the clip ramp of its largest channel (from the codes where there are codes), + the floor."""
+    band = frame[r0:r1]
+    if band.dtype == np.float32:
+        top = cv2.reduce(np.ascontiguousarray(band).reshape(-1, 3), 1, cv2.REDUCE_MAX).reshape(band.shape[:2])
+        unclipped = np.clip((np.float32(CLIP_AT) - top) * np.float32(1 / CLIP_RAMP), 0.0, 1.0)
+    else:
+        c = cv2.split(band)
+        top = cv2.max(cv2.max(c[0], c[1]), c[2])
+        unclipped = cv2.LUT(top, _UNCLIPPED8) if band.dtype == np.uint8 else _UNCLIPPED16[top]
+    conf = trust(grey)
+    conf *= unclipped
+    conf += np.float32(COLOUR_FLOOR)
+    return conf
 
 
 def rgb_rows(frame: Frame, r0: int, r1: int) -> np.ndarray:
@@ -639,52 +670,52 @@ def blend(frames: Sequence[Frame], detail_logits: np.ndarray, tone_logits: np.nd
         lap += y
         y = lap
     del lap, tmp
-    # Colour, band by band: linear-light mix of the real frames with the smooth weights (a
-    # re-exposure's weight goes to its source, × its gain min(2^k, 1/peak) and the trust ramp:
-    # its colour is its source's), scaled to the target luminance, capped so the largest
-    # channel stays <= 1 (hue kept), encoded.
+    # Colour, band by band: a mix of the real frames' unit-luminance colours (weights: their smooth
+    # tone weights × their colour confidence; a re-exposure brings no colour), at the target
+    # luminance; where that passes white, moved towards the luminance-weighted mix (the palest
+    # colour the sources hold) just enough, then capped.
     tone_up = [RowUpsampler(m, size) for m in sw_tone]
     gain_up = RowUpsampler(np.exp2(log_gain).astype(np.float32), size)
-    sources = [f for f in frames if not isinstance(f, Reexposed)]
-    groups = [[(i, f) for i, f in enumerate(frames)
-               if (f.frame if isinstance(f, Reexposed) else f) is src] for src in sources]
+    sources = [(i, f) for i, f in enumerate(frames) if not isinstance(f, Reexposed)]
     dtype = {None: np.float32, 8: np.uint8, 16: np.uint16}.get(out_bits)
     if dtype is None:
         raise InputError(f"bits must be 8 or 16, got {out_bits}")
     out = np.empty((h_full, w_full, 3), dtype)
 
     def colour(r0: int, r1: int) -> None:
-        mix = lum = None
-        for src, group in zip(sources, groups):
+        mix = conf_sum = pale = pale_lum = None
+        for i, src in sources:
             lin = linear_rows(src, r0, r1)
             g = gray(rgb_rows(src, r0, r1))
-            w = peak = trusted = None
-            for i, f in group:
-                s = tone_up[i].rows(r0, r1)
-                if isinstance(f, Reexposed):
-                    if peak is None:
-                        peak, trusted = peak_rows(src, r0, r1, lin), trust(g)
-                    s *= reexposure_gain(f.stops, peak)
-                    s *= trusted
-                w = s if w is None else w.__iadd__(s)
-            assert w is not None
+            w = tone_up[i].rows(r0, r1)
+            conf = colour_confidence(src, r0, r1, g)
+            conf *= w
             lg = srgb_to_linear(g)
-            lg *= w
-            lin *= w[..., None]
+            weighted = lin * w[..., None]  # the luminance-weighted mix's term
+            w *= lg
+            np.maximum(lg, 1e-6, out=lg)
+            np.divide(conf, lg, out=lg)
+            lin *= lg[..., None]  # unit-luminance colour × its weight
             if mix is None:
-                mix, lum = lin, lg
+                mix, conf_sum, pale, pale_lum = lin, conf, weighted, w
             else:
                 mix += lin
-                lum += lg
-        assert mix is not None and lum is not None
-        scale = srgb_to_linear(y[r0:r1])
-        scale *= gain_up.rows(r0, r1)
-        np.maximum(lum, 1e-6, out=lum)
-        scale /= lum
-        peak = cv2.reduce(mix.reshape(-1, 3), 1, cv2.REDUCE_MAX).reshape(scale.shape)
-        np.maximum(peak, 1e-6, out=peak)
-        np.minimum(scale, 1.0 / peak, out=scale)
-        mix *= scale[..., None]
+                conf_sum += conf
+                pale += weighted
+                pale_lum += w
+        assert mix is not None and conf_sum is not None and pale is not None and pale_lum is not None
+        target = srgb_to_linear(y[r0:r1])
+        target *= gain_up.rows(r0, r1)
+        mix *= (target / np.maximum(conf_sum, 1e-6))[..., None]
+        top = cv2.reduce(mix.reshape(-1, 3), 1, cv2.REDUCE_MAX).reshape(target.shape)
+        over = top > 1.0
+        if over.any():
+            u = mix[over]
+            o = pale[over] * (target[over] / np.maximum(pale_lum[over], 1e-6))[:, None]
+            step = np.where(u > 1.0, (u - 1.0) / np.maximum(u - o, 1e-6), 0.0).max(axis=1)
+            u += (o - u) * np.clip(step, 0.0, 1.0)[:, None]
+            u /= np.maximum(u.max(axis=1), 1.0)[:, None]
+            mix[over] = u
         out[r0:r1] = encode(mix, out_bits)
 
     for_bands(colour, h_full, w_full)

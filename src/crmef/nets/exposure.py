@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from crmef.engine import GRAY, TRUST_FROM, TRUST_RAMP, BlendConfig, pyramid_levels
+from crmef.engine import CLIP_AT, CLIP_RAMP, COLOUR_FLOOR, GRAY, TRUST_FROM, TRUST_RAMP, BlendConfig, pyramid_levels
 from crmef.space import Choice
 
 EXPOSURE_SLOTS = 3
@@ -132,12 +132,13 @@ def pyr_down(x: Tensor) -> Tensor:
 
 
 def pyr_up(x: Tensor, size: tuple[int, int]) -> Tensor:
-    """``cv2.pyrUp`` of (B, 1, h, w) to ``size``: zeros inserted, 5-tap Gaussian × 4."""
+    """``cv2.pyrUp`` of (B, 1, h, w) to ``size``: zeros inserted, 5-tap Gaussian × 4, then an odd
+    ``size`` cropped from the 2h × 2w result (OpenCV filters before it crops: cropping first
+    moves the last row's border and costs up to 0.03 of grey at the top of a full-depth pyramid)."""
     b, c, h, w = x.shape
     up = x.new_zeros(b, c, 2 * h, 2 * w)
     up[..., ::2, ::2] = x
-    up = up[..., : size[0], : size[1]]
-    return _sep(up, _K5) * 4.0
+    return (_sep(up, _K5) * 4.0)[..., : size[0], : size[1]]
 
 
 def gaussian_blur(x: Tensor, sigma: float) -> Tensor:
@@ -181,8 +182,7 @@ def reduce_frames(frames: Tensor, shape: tuple[int, int]) -> Tensor:
 
 
 def blend_torch(frames: Tensor, detail_logits: Tensor, tone_logits: Tensor, log_gain: Tensor,
-                cfg: BlendConfig, trust: Tensor | None = None, real: Tensor | None = None,
-                colour_lum: Tensor | None = None) -> Tensor:
+                cfg: BlendConfig, real: Tensor | None = None) -> Tensor:
     """:func:`crmef.engine.blend` in torch.
 
     Args:
@@ -191,11 +191,8 @@ def blend_torch(frames: Tensor, detail_logits: Tensor, tone_logits: Tensor, log_
         tone_logits: (N, 1, h, w) logits of the coarser levels and the colour mix.
         log_gain: (1, 1, h, w) log2-gain at work resolution.
         cfg: the blend settings.
-        trust: (N, 1, H, W) factor of each frame's colour weight (1 for a real frame, the
-            reliability of a re-exposure; :func:`reexpose_t`), or None (all 1).
-        real: (N,) 1 for a real frame, 0 for a re-exposure (no weight at the detail levels).
-        colour_lum: (N, 1, H, W) the luminance each frame's colour brings (a re-exposure: its
-            source's ``lin(grey)`` × its gain); None: ``lin(grey)`` of each frame.
+        real: (N,) 1 for a real frame, 0 for a re-exposure (no weight at the detail levels and
+            in the colour mix); None: all real.
 
     Returns:
         (1, 3, H, W) RGB in [0, 1].
@@ -239,28 +236,36 @@ def blend_torch(frames: Tensor, detail_logits: Tensor, tone_logits: Tensor, log_
     y = (cur * w).sum(0, keepdim=True)
     for k in range(levels - 1, -1, -1):
         y = pyr_up(y, acc[k].shape[-2:]) + acc[k]
-    if trust is not None:
-        up = up * trust
-    mix = (srgb_to_linear_t(frames) * up).sum(0, keepdim=True)  # (1, 3, H, W)
+    if real is not None:  # nor in the colour mix
+        up = up * real.view(-1, 1, 1, 1)
+    lin, lg = srgb_to_linear_t(frames), srgb_to_linear_t(g)
+    conf = colour_confidence_t(frames, g) * up
+    mix = (lin / lg.clamp(min=1e-6) * conf).sum(0, keepdim=True) / conf.sum(0, keepdim=True).clamp(min=1e-6)
+    pale = (lin * up).sum(0, keepdim=True) / (lg * up).sum(0, keepdim=True).clamp(min=1e-6)
     gain = F.interpolate(torch.exp2(log_gain), size=(hh, ww), mode="bilinear", align_corners=False)
     target = srgb_to_linear_t(y.clamp(0, 1)) * gain
-    lum = ((srgb_to_linear_t(g) if colour_lum is None else colour_lum) * up).sum(0, keepdim=True)  # Σ s_i lin(g_i)
-    out = mix * (target / lum.clamp(min=1e-6))
+    u, o = mix * target, pale * target
+    over = u.amax(dim=1, keepdim=True) > 1.0
+    step = torch.where(u > 1.0, (u - 1.0) / (u - o).clamp(min=1e-6), torch.zeros_like(u)).amax(dim=1, keepdim=True)
+    out = torch.where(over, u + (o - u) * step.clamp(0, 1), u)
     peak = out.amax(dim=1, keepdim=True).clamp(min=1.0)
     return linear_to_srgb_t(out / peak)
 
 
-def reexpose_t(frame: Tensor, stops: float) -> tuple[Tensor, Tensor, Tensor]:
-    """:class:`crmef.engine.Reexposed` in torch: (1, 3, H, W) sRGB -> the re-exposed frame
-    (1, 3, H, W), the trust of its colour (1, 1, H, W; :func:`crmef.engine.trust`) and the
-    luminance its colour brings (1, 1, H, W: its source's ``lin(grey)`` × its gain, as the
-    engine's colour step counts it)."""
+def colour_confidence_t(frames: Tensor, grey: Tensor) -> Tensor:
+    """:func:`crmef.engine.colour_confidence` of (N, 3, H, W) sRGB frames with their (N, 1, H, W)
+    grey -> (N, 1, H, W)."""
+    trusted = ((grey - TRUST_FROM) / TRUST_RAMP).clamp(0, 1)
+    unclipped = ((CLIP_AT - frames.amax(dim=1, keepdim=True)) / CLIP_RAMP).clamp(0, 1)
+    return trusted * unclipped + COLOUR_FLOOR
+
+
+def reexpose_t(frame: Tensor, stops: float) -> Tensor:
+    """:class:`crmef.engine.Reexposed` in torch: (B, 3, H, W) sRGB -> the frame re-exposed by
+    ``stops`` (linear × 2^stops, a pixel whose largest channel would pass 1 scaled down whole)."""
     lin = srgb_to_linear_t(frame)
     peak = lin.amax(dim=1, keepdim=True).clamp(min=1e-6)
-    gain = torch.minimum(torch.full_like(peak, 2.0**stops), 1.0 / peak)
-    grey = gray_t(frame)
-    trusted = ((grey - TRUST_FROM) / TRUST_RAMP).clamp(0, 1)
-    return linear_to_srgb_t(lin * gain), trusted, srgb_to_linear_t(grey) * gain
+    return linear_to_srgb_t(lin * torch.minimum(torch.full_like(peak, 2.0**stops), 1.0 / peak))
 
 
 def fuse_torch(net: ExposureNet, frames: Tensor, cfg: BlendConfig) -> Tensor:
@@ -271,29 +276,21 @@ def fuse_torch(net: ExposureNet, frames: Tensor, cfg: BlendConfig) -> Tensor:
     shape = work_shape(frames.shape[-2], frames.shape[-1], cfg.work_size)
     small = reduce_frames(frames, shape)
     gaps = gap_stops(small.detach().cpu().numpy()) if cfg.max_gap > 0 else []
-    trust = real = colour_lum = None
+    real = None
     if any(virtual_stops(g, cfg.max_gap) for g in gaps):
-        stack, trusts, reals = [frames[:1]], [torch.ones_like(frames[:1, :1])], [1.0]
-        lums = [srgb_to_linear_t(gray_t(frames[:1]))]
-        smalls = [small[:1]]
+        stack, smalls, reals = [frames[:1]], [small[:1]], [1.0]
         for i, gap in enumerate(gaps):
             for k in virtual_stops(gap, cfg.max_gap):
-                v, t, lv = reexpose_t(frames[i : i + 1], k)
-                smalls.append(reexpose_t(small[i : i + 1], k)[0])
-                stack.append(v)
-                trusts.append(t)
-                lums.append(lv)
+                stack.append(reexpose_t(frames[i : i + 1], k))
+                smalls.append(reexpose_t(small[i : i + 1], k))
                 reals.append(0.0)
             stack.append(frames[i + 1 : i + 2])
             smalls.append(small[i + 1 : i + 2])
-            trusts.append(torch.ones_like(frames[:1, :1]))
-            lums.append(srgb_to_linear_t(gray_t(frames[i + 1 : i + 2])))
             reals.append(1.0)
         real = torch.tensor(reals, dtype=frames.dtype, device=frames.device)
-        frames, trust, colour_lum = torch.cat(stack), torch.cat(trusts), torch.cat(lums)
-        small = torch.cat(smalls)
+        frames, small = torch.cat(stack), torch.cat(smalls)
     logits, gain = net(small)
-    return blend_torch(frames, prior_logits_t(small, cfg.sigma), logits, gain, cfg, trust, real, colour_lum)
+    return blend_torch(frames, prior_logits_t(small, cfg.sigma), logits, gain, cfg, real)
 
 
 def count_flops(net: ExposureNet, n: int, shape: tuple[int, int]) -> float:
