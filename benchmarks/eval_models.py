@@ -49,8 +49,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 METRICS = ["psnr", "ssim", "lpips", "fsim", "mef_ssim", "chroma_hull", "chroma_kept"]
-#: Decimals kept in the cards (4 otherwise).
-DIGITS = {"chroma_hull": 5, "chroma_kept": 3}
 #: Per-image rows of every set (method, sample, metrics), filled by :func:`run_set`.
 ROWS: dict[str, list[dict]] = {}
 
@@ -225,21 +223,22 @@ def main() -> int:
     handheld_figure(models, args.out)
 
     if args.write_cards:
+        from crmef.engine import engine_card
+        from crmef.evaluation import METRIC_DIGITS
         from crmef.models import resolve_model_paths
         from crmef.utils import atomic_write_text
-
-        from crmef.engine import engine_card
 
         for label, model in models.items():
             card_path = engine_card(model) or resolve_model_paths(model)[1]
             card = json.loads(card_path.read_text())
             test = {}
+            digits = {k: max(4, METRIC_DIGITS.get(k, 4)) for k in METRICS}  # the tables' or 4, the finer
             for set_, entry in res.items():
                 m = entry.get(model_label(model))
-                base = {b: {k: round(entry[b][k][0], DIGITS.get(k, 4)) for k in METRICS if entry[b].get(k)}
+                base = {b: {k: round(entry[b][k][0], digits[k]) for k in METRICS if entry[b].get(k)}
                         for b in ("mertens", "flow_mertens", "enfuse", "mertens_all", "enfuse_all") if b in entry}
                 if m:
-                    test[set_] = {"n": m["n"], **{k: round(m[k][0], DIGITS.get(k, 4))
+                    test[set_] = {"n": m["n"], **{k: round(m[k][0], digits[k])
                                                   for k in METRICS if m.get(k)},
                                   "baselines": base}
             card.setdefault("metrics", {})["test"] = test

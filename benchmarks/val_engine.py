@@ -5,8 +5,8 @@
 Sets (validation split of ../shared/data): sequences with every frame (N-frame MEF-SSIM and
 chroma_hull and chroma_kept against all frames), sequences' extremes (PSNR against the
 full-bracket Mertens reference, MEF-SSIM, chroma_hull, chroma_kept) and 8 synthetic pairs of the
-validation HDR map (PSNR, LPIPS, chroma_hull, chroma_kept); Mertens, Mertens-all and enfuse beside the candidates. ``--sets`` may add
-``hdr-mis`` and ``seq-mis``: the same pairs with the under frame misaligned (``crmef eval
+validation HDR map (PSNR, LPIPS, chroma_hull, chroma_kept); Mertens, Mertens-all and enfuse
+beside the candidates. ``--sets`` may add ``hdr-mis`` and ``seq-mis``: the same pairs with the under frame misaligned (``crmef eval
 --misalign``), flow-then-Mertens beside the candidates (give the ``aligned`` cards there).
 """
 

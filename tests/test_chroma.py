@@ -269,7 +269,7 @@ def test_chroma_kept_reference_is_the_best_exposed_source() -> None:
     more = _to_srgb(np.broadcast_to(np.array([0.40, 0.14, 0.05]), (16, 16, 3)))
     assert chroma_kept([sat, pale], more) > 1.2
     assert math.isnan(chroma_kept([np.zeros((8, 8, 3))], np.zeros((8, 8, 3))))
-    with pytest.raises(InputError, match="same size"):
+    with pytest.raises(InputError, match="chroma_kept: source 1 .* same size"):
         chroma_kept([sat], sat[:8])
 
 

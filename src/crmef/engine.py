@@ -263,9 +263,17 @@ def trust(grey: np.ndarray) -> np.ndarray:
     return np.clip(t, 0.0, 1.0, out=t)
 
 
-_T8 = np.arange(256, dtype=np.float64) / 255
-_UNCLIPPED8 = np.clip((CLIP_AT - _T8) / CLIP_RAMP, 0, 1).astype(np.float32)
 _UNCLIPPED16 = np.clip((CLIP_AT - _T) / CLIP_RAMP, 0, 1).astype(np.float32)
+_UNCLIPPED8 = _UNCLIPPED16[np.arange(256) * 257].copy()
+"""The clip ramp by 16- / 8-bit code (an 8-bit code k is the 16-bit code 257 k)."""
+
+
+def top_code(band: np.ndarray) -> np.ndarray:
+    """Largest channel of an (h, W, 3) band, (h, W), in the band's own dtype (codes stay codes)."""
+    if band.dtype == np.float32:
+        return cv2.reduce(np.ascontiguousarray(band).reshape(-1, 3), 1, cv2.REDUCE_MAX).reshape(band.shape[:2])
+    c = cv2.split(band)
+    return cv2.max(cv2.max(c[0], c[1]), c[2])
 
 
 def colour_confidence(frame: np.ndarray, r0: int, r1: int, grey: np.ndarray) -> np.ndarray:
@@ -273,13 +281,13 @@ def colour_confidence(frame: np.ndarray, r0: int, r1: int, grey: np.ndarray) -> 
     [COLOUR_FLOOR, 1 + COLOUR_FLOOR]: :func:`trust` of its ``grey`` (those rows' sRGB grey) ×
     the clip ramp of its largest channel (from the codes where there are codes), + the floor."""
     band = frame[r0:r1]
-    if band.dtype == np.float32:
-        top = cv2.reduce(np.ascontiguousarray(band).reshape(-1, 3), 1, cv2.REDUCE_MAX).reshape(band.shape[:2])
-        unclipped = np.clip((np.float32(CLIP_AT) - top) * np.float32(1 / CLIP_RAMP), 0.0, 1.0)
+    top = top_code(band)
+    if band.dtype == np.uint8:
+        unclipped = cv2.LUT(top, _UNCLIPPED8)
+    elif band.dtype == np.uint16:
+        unclipped = _UNCLIPPED16[top]
     else:
-        c = cv2.split(band)
-        top = cv2.max(cv2.max(c[0], c[1]), c[2])
-        unclipped = cv2.LUT(top, _UNCLIPPED8) if band.dtype == np.uint8 else _UNCLIPPED16[top]
+        unclipped = np.clip((np.float32(CLIP_AT) - top) * np.float32(1 / CLIP_RAMP), 0.0, 1.0)
     conf = trust(grey)
     conf *= unclipped
     conf += np.float32(COLOUR_FLOOR)
@@ -318,12 +326,10 @@ def peak_rows(frame: np.ndarray, r0: int, r1: int, lin: np.ndarray) -> np.ndarra
     ``lin`` is those rows' :func:`linear_rows`."""
     band = frame[r0:r1]
     if band.dtype == np.uint8:
-        c = cv2.split(band)
-        return cv2.LUT(cv2.max(cv2.max(c[0], c[1]), c[2]), _LIN8)
+        return cv2.LUT(top_code(band), _LIN8)
     if band.dtype == np.uint16:
-        c = cv2.split(band)
-        return _TO_LIN[cv2.max(cv2.max(c[0], c[1]), c[2])]
-    return cv2.reduce(lin.reshape(-1, 3), 1, cv2.REDUCE_MAX).reshape(lin.shape[:2])
+        return _TO_LIN[top_code(band)]
+    return top_code(lin)
 
 
 def reexposure_gain(stops: float, peak: np.ndarray) -> np.ndarray:

@@ -55,6 +55,8 @@ NO_REFERENCE_METRIC_NAMES = ("mef_ssim", "chroma_hull", "chroma_kept")
 ALL_METRIC_NAMES = (*REFERENCE_METRIC_NAMES, *NO_REFERENCE_METRIC_NAMES)
 BASELINE_NAMES = ("mertens", "flow_mertens", "mean", "enfuse", "mertens_all", "enfuse_all")
 FRAME_MODES = ("pair", "all")
+METRIC_DIGITS = {"psnr": 2, "chroma_hull": 5, "chroma_kept": 3}
+"""Decimals a metric is shown and stored with (4 for the others)."""
 
 
 # ----------------------------------------------------------------------------- files and scores
@@ -491,7 +493,7 @@ def evaluate(samples: Sequence[Sample], methods: Sequence[Method], metrics: Sequ
 def _fmt(v: tuple[float, float] | None, metric: str) -> str:
     if v is None:
         return "–"
-    digits = 2 if metric == "psnr" else 5 if metric == "chroma_hull" else 3 if metric == "chroma_kept" else 4
+    digits = METRIC_DIGITS.get(metric, 4)
     return f"{v[0]:.{digits}f} ± {v[1]:.{digits}f}"
 
 

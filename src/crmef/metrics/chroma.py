@@ -202,16 +202,16 @@ def hull_distance(points: np.ndarray, valid: np.ndarray, query: np.ndarray) -> n
     return best
 
 
-def _check_inputs(sources: Sequence[np.ndarray], fused: np.ndarray) -> None:
+def _check_inputs(sources: Sequence[np.ndarray], fused: np.ndarray, metric: str) -> None:
     if isinstance(sources, np.ndarray) and sources.ndim == 3:
-        raise InputError("chroma_hull: sources must be a sequence of (H, W, 3) images, got one image")
+        raise InputError(f"{metric}: sources must be a sequence of (H, W, 3) images, got one image")
     if len(sources) < 1:
-        raise InputError("chroma_hull needs at least one source image")
+        raise InputError(f"{metric} needs at least one source image")
     shape = np.shape(fused)[:2]
     for i, s in enumerate(sources):
         if np.shape(s)[:2] != shape:
             raise InputError(
-                f"chroma_hull: source {i + 1} is {np.shape(s)[1]}x{np.shape(s)[0]} but the fused image is "
+                f"{metric}: source {i + 1} is {np.shape(s)[1]}x{np.shape(s)[0]} but the fused image is "
                 f"{shape[1] if len(shape) > 1 else '?'}x{shape[0] if shape else '?'}; all must have the same size"
             )
 
@@ -231,7 +231,7 @@ def chroma_hull_map(sources: Sequence[np.ndarray], fused: np.ndarray) -> np.ndar
     Raises:
         InputError: no source, images of different sizes or smaller than 8x8, bad dtype/shape.
     """
-    _check_inputs(sources, fused)
+    _check_inputs(sources, fused, "chroma_hull")
     fuv, fy = block_chromaticity(fused, "fused image")
     suv, sok = [], []
     for i, s in enumerate(sources):
@@ -295,7 +295,7 @@ def chroma_kept(sources: Sequence[np.ndarray], fused: np.ndarray) -> float:
     Returns:
         The ratio (float); NaN when no block counts or the references have no colour at all.
     """
-    _check_inputs(sources, fused)
+    _check_inputs(sources, fused, "chroma_kept")
     fuv, fy = block_chromaticity(fused, "fused image")
     best = np.full(fy.shape, np.inf)
     ref = np.zeros(fy.shape)
@@ -304,8 +304,7 @@ def chroma_kept(sources: Sequence[np.ndarray], fused: np.ndarray) -> float:
     for i, s in enumerate(sources):
         uv, y = block_chromaticity(s, f"source {i + 1}")
         ok = y > Y_MIN
-        with np.errstate(divide="ignore", invalid="ignore"):
-            dist = np.where(ok, np.abs(np.log(np.maximum(y, 1e-12) / MID_GREY)), np.inf)
+        dist = np.where(ok, np.abs(np.log(np.maximum(y, 1e-12) / MID_GREY)), np.inf)
         take = dist < best
         best[take] = dist[take]
         ref[take] = np.hypot(*(uv[take] - white).T)
