@@ -16,8 +16,10 @@ from crmef.engine import (
     BlendConfig,
     ExposureModel,
     blend,
+    gray,
     linear_to_srgb,
     load_engine,
+    match_grey,
     prior_logits,
     select_frames,
     srgb_to_linear,
@@ -106,6 +108,41 @@ def test_output_colour_comes_from_the_sources():
     assert pixel_hull(frames, out) < 1e-5
     tinted = linear_to_srgb(np.clip(srgb_to_linear(out) * np.array([0.92, 1.0, 1.12], np.float32), 0, 1))
     assert chroma_hull(frames, tinted) > 4 * chroma_hull(frames, out)
+
+
+def test_match_grey_gives_the_target_grey_and_keeps_the_chromaticity():
+    rng = np.random.default_rng(0)
+    target = rng.uniform(0.001, 0.9, (64, 64)).astype(np.float32)
+
+    def unit_colour() -> np.ndarray:  # a frame's colour lin(I) / lin(g), as the colour step makes it
+        c = rng.uniform(0.02, 1.0, (64, 64, 3)).astype(np.float32)
+        return c / srgb_to_linear(gray(linear_to_srgb(c)))[..., None]
+
+    # The colour step: a mix of two frames' unit-luminance colours at the target luminance. Mixing
+    # in linear light and encoding do not commute, so the codes' grey misses the target's.
+    lin = 0.5 * (unit_colour() + unit_colour()) * target[..., None]
+    lin /= np.maximum(lin.max(axis=2), 1.0)[..., None]
+    fits = lin.max(axis=2) < 0.7  # room left below white
+    want = linear_to_srgb(target)
+    before = np.abs(gray(linear_to_srgb(lin)) - want)[fits].mean()
+    out = lin.copy()
+    match_grey(out, target)
+    after = np.abs(gray(linear_to_srgb(out)) - want)[fits]
+    assert before > 5e-3  # the mismatch the step exists for
+    assert after.mean() < before / 10 and after.max() < 5e-3
+    ratio = out / np.maximum(lin, 1e-12)
+    assert np.abs(ratio - ratio[..., :1]).max() < 1e-3  # one positive scale per pixel: same hue
+    assert out.max() <= 1.0 + 1e-6
+
+
+def test_network_gain_is_one_value_per_scene():
+    torch.manual_seed(1)
+    net = ExposureNet.from_ops(["conv_3", "resconv_3", "dilconv_3"], 8)
+    torch.nn.init.normal_(net.tail.weight, std=0.5)
+    with torch.no_grad():
+        _, gain = net(torch.rand(3, 3, 32, 48))
+    assert gain.shape == (1, 1, 32, 48)
+    assert float(gain.abs().max()) > 1e-3 and float(gain.max() - gain.min()) == 0.0
 
 
 @pytest.fixture(scope="module")

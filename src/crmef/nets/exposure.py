@@ -4,14 +4,14 @@
 once: every frame passes the same searchable sub-network (shared weights, so any N and any
 order work), a cross-frame mean gives each frame the context of the others, and the head
 returns per frame a logit map (how much this frame should make the output here) and one
-log2-gain map for the scene (tone). It runs at the engine's work resolution (256 px on the
+log2-gain for the scene (one value, the global exposure). It runs at the engine's work resolution (256 px on the
 long side), so its cost does not grow with the photo's size.
 
     x_i (3, h, w) → conv3×3 → slot 0 (C→C)                          f_i     h × w
     [maxpool f_i ‖ avgpool mean_j f_j] → slot 1 (2C→C)                 q_i     h/2 × w/2
     q_i + slot 2(q_i) + 1×1(global mean of q over frames and space)      q_i
     bilinear ×2 → conv3×3 (C→2) → (logit_i, gain_i)
-    gain = bound · tanh(Σ_i softmax_i(logit) · gain_i)
+    gain = bound · tanh(mean over pixels of Σ_i softmax_i(logit) · gain_i)   one value per scene
 
 The slots are :class:`crmef.space.Choice` modules (kind ``srsm``): one definition serves the
 super-net of the hardware-aware search and the derived network.
@@ -45,7 +45,9 @@ class ExposureNet(nn.Module):
         max_gain: bound of the log2-gain in stops.
 
     Shapes: ``forward(x (N, 3, h, w)) -> (logits (N, 1, h, w), gain (1, 1, h, w))`` with h, w
-    even; the frames in any order, RGB in [0, 1].
+    even; the frames in any order, RGB in [0, 1]. The gain is one value per scene (its map is
+    constant): the mean over pixels of the frames' gains weighted by softmax(logits), bounded by
+    ``max_gain · tanh``.
     """
 
     def __init__(self, channels: int, slot_ops: Sequence[Sequence[str]], max_gain: float = 1.0) -> None:
@@ -95,8 +97,8 @@ class ExposureNet(nn.Module):
         out = self.tail(q)
         logits, g = out[:, :1], out[:, 1:]
         w = torch.softmax(logits, dim=0)
-        gain = self.max_gain * torch.tanh((w * g).sum(dim=0, keepdim=True))
-        return logits, gain
+        gain = self.max_gain * torch.tanh((w * g).sum(dim=0, keepdim=True).mean(dim=(2, 3), keepdim=True))
+        return logits, gain.expand(1, 1, *x.shape[-2:])
 
 
 # ------------------------------------------------------------------------------- blend (torch)
@@ -248,8 +250,17 @@ def blend_torch(frames: Tensor, detail_logits: Tensor, tone_logits: Tensor, log_
     over = u.amax(dim=1, keepdim=True) > 1.0
     step = torch.where(u > 1.0, (u - 1.0) / (u - o).clamp(min=1e-6), torch.zeros_like(u)).amax(dim=1, keepdim=True)
     out = torch.where(over, u + (o - u) * step.clamp(0, 1), u)
-    peak = out.amax(dim=1, keepdim=True).clamp(min=1.0)
-    return linear_to_srgb_t(out / peak)
+    out = out / out.amax(dim=1, keepdim=True).clamp(min=1.0)
+    return linear_to_srgb_t(match_grey_t(out, target))
+
+
+def match_grey_t(lin: Tensor, target: Tensor) -> Tensor:
+    """:func:`crmef.engine.match_grey` in torch: (1, 3, H, W) linear RGB scaled per pixel so that
+    the grey of its sRGB codes is the grey of the (1, 1, H, W) target luminance."""
+    t_code = linear_to_srgb_t(target.clamp(max=1.0))
+    f = gray_t(linear_to_srgb_t(lin))
+    lin = lin * ((t_code + 0.055) / (f + 0.055)).clamp(0.42, 2.38) ** 2.4
+    return lin / lin.amax(dim=1, keepdim=True).clamp(min=1.0)
 
 
 def colour_confidence_t(frames: Tensor, grey: Tensor) -> Tensor:
