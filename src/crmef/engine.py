@@ -115,13 +115,6 @@ def work_shape(h: int, w: int, work_size: int) -> tuple[int, int]:
 
 _T = np.arange(65536, dtype=np.float64) / 65535
 _TO_LIN = np.where(_T <= 0.04045, _T / 12.92, ((_T + 0.055) / 1.055) ** 2.4).astype(np.float32)
-_SQ = _T**2
-_TO_SRGB = np.where(_SQ <= 0.0031308, 12.92 * _SQ, 1.055 * _SQ ** (1 / 2.4) - 0.055).astype(np.float32)
-_TO_CODE16 = np.round(_TO_SRGB.astype(np.float64) * 65535.0).astype(np.uint16)  # index: sqrt(linear)
-_TO_CODE8 = np.round(np.where(_T <= 0.0031308, 12.92 * _T, 1.055 * _T ** (1 / 2.4) - 0.055) * 255.0).astype(np.uint8)
-"""sRGB 8-bit codes by linear value (index = linear · 65535; every code spans ≥ 10 entries)."""
-
-
 _LIN8 = _TO_LIN[np.arange(256) * 257].copy()
 """Linear value of each 8-bit sRGB code (``cv2.LUT`` table)."""
 
@@ -143,30 +136,16 @@ def srgb_to_linear(x: np.ndarray) -> np.ndarray:
 def linear_to_srgb(x: np.ndarray) -> np.ndarray:
     """IEC 61966-2-1 encoding of linear values in [0, 1] (clipped), float32, same shape
     (``cv2.pow`` on the power branch, the linear toe below 0.0031308 exact)."""
-    x = np.clip(x, 0.0, 1.0, dtype=np.float32)
+    return _encode(np.clip(x, 0.0, 1.0, dtype=np.float32))
+
+
+def _encode(x: np.ndarray) -> np.ndarray:
+    """:func:`linear_to_srgb` of float32 values already in [0, 1] (no clipped copy)."""
     t = cv2.pow(x.reshape(-1, 1), 1 / 2.4).reshape(x.shape)
     t *= np.float32(1.055)
     t -= np.float32(0.055)
     np.multiply(x, np.float32(12.92), out=t, where=x <= 0.0031308)
     return t
-
-
-def encode(x: np.ndarray, bits: int | None) -> np.ndarray:
-    """Linear values in [0, 1] to sRGB: float32 in [0, 1] (``bits=None``) or uint8 / uint16 codes,
-    rounded, in one table look-up (what :func:`crmef.imageio.write_image` writes as is)."""
-    if bits is None:
-        return linear_to_srgb(x)
-    if bits == 8:
-        q = np.clip(x, 0.0, 1.0, out=x)
-        q *= 65535.0
-        q += 0.5
-        return _TO_CODE8[q.astype(np.uint16)]
-    if bits == 16:
-        r = cv2.sqrt(np.clip(x, 0.0, 1.0, out=x))
-        r *= 65535.0
-        r += 0.5
-        return _TO_CODE16[r.astype(np.uint16)]
-    raise InputError(f"bits must be 8 or 16, got {bits}")
 
 
 def gray(img: np.ndarray) -> np.ndarray:
@@ -552,28 +531,49 @@ def _normalised(ws: list[np.ndarray]) -> list[np.ndarray]:
     return ws
 
 
-def match_grey(lin: np.ndarray, target: np.ndarray) -> None:
-    """Scale each pixel of linear RGB ``lin`` (h, w, 3), in place, so that the grey of its sRGB
-    codes (MATLAB ``rgb2gray``, the grey MEF-SSIM sees) is the grey of the target luminance
-    ``target`` (h, w): the pyramid's structure reaches the output as it was blended.
+def match_grey(lin: np.ndarray, target: np.ndarray, bits: int | None) -> np.ndarray:
+    """Encode linear RGB ``lin`` (h, w, 3; every channel in [0, 1]) as sRGB, each pixel scaled so
+    that the grey of its codes (MATLAB ``rgb2gray``, the grey MEF-SSIM sees) is the grey of the
+    target luminance ``target`` (h, w): the pyramid's structure reaches the output as blended.
 
     The colour step sets a pixel's *linear* luminance; the grey of the encoded codes then differs
-    with the colour's saturation (sRGB is not linear), by 0.017 of grey on average on validation
-    pairs. On the curve's power branch the codes are ``1.055 x^(1/2.4) - 0.055``, so scaling a
-    pixel by ``k`` moves ``grey + 0.055`` by ``k^(1/2.4)``: one step of
-    ``k = ((T + 0.055) / (grey + 0.055))^2.4`` is exact where every channel is on that branch
-    (codes above 0.04; a channel in the linear toe leaves a residual of a few 1e-4). ``k`` is
-    bounded to [1/8, 8] and a pixel pushed past white is scaled down whole. A positive scale per
-    pixel: the chromaticity is untouched.
+    with the colour's saturation (sRGB is not linear, and a mix of colours in linear light does
+    not commute with it): by 0.017 of grey on average on validation pairs. On the curve's power
+    branch a code is ``1.055 x^(1/2.4) - 0.055``, so scaling a pixel's linear light by
+    ``k = r^2.4`` maps its codes ``c`` to ``(c + 0.055) r - 0.055``, and
+    ``r = (T + 0.055) / (grey + 0.055)`` gives the grey ``T`` exactly where every channel is on that
+    branch (a channel in the linear toe, codes below 0.04045, leaves a residual of a few 1e-4 of
+    grey). ``k`` is bounded to [1/8, 8] and so that no channel passes white (the pixel is scaled
+    down whole). One positive scale per pixel: the chromaticity is untouched. The scaled pixel is
+    encoded exactly (``linear_to_srgb``) and rounded: this is also the output's encoding.
+
+    Args:
+        lin: (h, w, 3) float32 linear RGB in [0, 1] (overwritten).
+        target: (h, w) float32 target linear luminance (values above 1 mean white).
+        bits: None: float32 codes in [0, 1]; 8 or 16: rounded uint8 / uint16 codes.
+
+    Returns:
+        (h, w, 3) sRGB codes.
     """
-    t_code = linear_to_srgb(np.minimum(target, 1.0))
     f = gray(linear_to_srgb(lin))
-    t_code += 0.055
     f += 0.055
-    np.divide(t_code, f, out=f)
-    k = cv2.pow(np.clip(f, 0.42, 2.38), 2.4)
+    t = linear_to_srgb(np.minimum(target, 1.0))
+    t += 0.055
+    np.divide(t, f, out=t)
+    np.clip(t, 0.42, 2.38, out=t)
+    k = cv2.pow(t, 2.4)
+    top = cv2.reduce(lin.reshape(-1, 3), 1, cv2.REDUCE_MAX).reshape(k.shape)
+    np.maximum(top, 1e-12, out=top)
+    np.divide(np.float32(1.0), top, out=top)
+    np.minimum(k, top, out=k)  # no channel past white
     lin *= k[..., None]
-    lin /= np.maximum(lin.max(axis=2), 1.0)[..., None]
+    np.clip(lin, 0.0, 1.0, out=lin)
+    scaled = _encode(lin)
+    if bits is None:
+        return scaled
+    scaled *= np.float32(255.0 if bits == 8 else 65535.0)
+    scaled += np.float32(0.5)
+    return scaled.astype(np.uint8 if bits == 8 else np.uint16)
 
 
 def blend(frames: Sequence[Frame], detail_logits: np.ndarray, tone_logits: np.ndarray, log_gain: np.ndarray,
@@ -747,8 +747,7 @@ def blend(frames: Sequence[Frame], detail_logits: np.ndarray, tone_logits: np.nd
             u += (o - u) * np.clip(step, 0.0, 1.0)[:, None]
             u /= np.maximum(u.max(axis=1), 1.0)[:, None]
             mix[over] = u
-        match_grey(mix, target)
-        out[r0:r1] = encode(mix, out_bits)
+        out[r0:r1] = match_grey(mix, target, out_bits)
 
     for_bands(colour, h_full, w_full)
     return out
