@@ -61,7 +61,7 @@ def test_integer_output_equals_rounded_float_output():
     cfg = BlendConfig()
     shape = work_shape(*frames[0].shape[:2], cfg.work_size)
     prior = prior_logits(reduce_frames(frames, shape), cfg.sigma)
-    gain = np.zeros(shape, np.float32)
+    gain = 0.0
     f = blend(frames, prior, prior, gain, cfg)
     for bits, peak, dtype in ((8, 255, np.uint8), (16, 65535, np.uint16)):
         q = blend(frames, prior, prior, gain, cfg, out_bits=bits)
@@ -77,11 +77,11 @@ def test_numpy_blend_equals_torch_blend():
     rng = np.random.default_rng(1)
     prior = prior_logits(small, cfg.sigma)
     logits = (prior + rng.normal(0, 0.5, (3, *shape))).astype(np.float32)
-    gain = (0.3 * rng.standard_normal(shape)).astype(np.float32)
+    gain = 0.3
     a = blend(frames, prior, logits, gain, cfg)
     t = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)
     b = blend_torch(t, torch.from_numpy(prior)[:, None], torch.from_numpy(logits)[:, None],
-                    torch.from_numpy(gain)[None, None], cfg)
+                    torch.tensor(gain).view(1, 1, 1, 1), cfg)
     b = b[0].permute(1, 2, 0).numpy()
     assert a.shape == b.shape == frames[0].shape
     assert np.abs(a - b).mean() < 1e-4  # equal but for float32 rounding (was 2e-3 before pyr_up matched cv2.pyrUp)
@@ -102,7 +102,7 @@ def test_output_colour_comes_from_the_sources():
     cfg = BlendConfig()
     shape = work_shape(*frames[0].shape[:2], cfg.work_size)
     small = reduce_frames(frames, shape)
-    gain = np.full(shape, 0.8, np.float32)  # even a strong gain keeps the hue
+    gain = 0.8  # even a strong gain keeps the hue
     prior = prior_logits(small, cfg.sigma)
     out = blend(frames, prior, prior, gain, cfg)
     assert pixel_hull(frames, out) < 1e-5
@@ -144,8 +144,7 @@ def test_network_gain_is_one_value_per_scene():
     torch.nn.init.normal_(net.tail.weight, std=0.5)
     with torch.no_grad():
         _, gain = net(torch.rand(3, 3, 32, 48))
-    assert gain.shape == (1, 1, 32, 48)
-    assert float(gain.abs().max()) > 1e-3 and float(gain.max() - gain.min()) == 0.0
+    assert gain.shape == (1, 1, 1, 1) and float(gain.abs()) > 1e-3
 
 
 @pytest.fixture(scope="module")
@@ -255,7 +254,7 @@ def test_codes_fuse_like_floats():
     shape = work_shape(80, 120, cfg.work_size)
     small = reduce_frames(frames, shape)
     prior = prior_logits(small, cfg.sigma)
-    gain = np.full(shape, 0.3, np.float32)
+    gain = 0.3
     ref = blend(frames, prior, prior, gain, cfg, out_bits=16).astype(np.float64)
     for peak, dtype in ((255, np.uint8), (65535, np.uint16)):
         codes = [np.round(f * peak).astype(dtype) for f in frames]
@@ -291,7 +290,7 @@ def test_blend_memory_does_not_grow_with_the_frames():
         frames = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(n)]
         logits = np.zeros((n, *shape), np.float32)
         tracemalloc.start()
-        blend(frames, logits, logits, np.zeros(shape, np.float32), cfg, out_bits=8)
+        blend(frames, logits, logits, 0.0, cfg, out_bits=8)
         peaks[n] = tracemalloc.get_traced_memory()[1] / one_map
         tracemalloc.stop()
     assert peaks[2] < 8, peaks

@@ -562,7 +562,7 @@ def match_grey(lin: np.ndarray, target: np.ndarray, bits: int | None) -> np.ndar
     np.divide(t, f, out=t)
     np.clip(t, 0.42, 2.38, out=t)
     k = cv2.pow(t, 2.4)
-    top = cv2.reduce(lin.reshape(-1, 3), 1, cv2.REDUCE_MAX).reshape(k.shape)
+    top = top_code(lin)
     np.maximum(top, 1e-12, out=top)
     np.divide(np.float32(1.0), top, out=top)
     np.minimum(k, top, out=k)  # no channel past white
@@ -576,7 +576,7 @@ def match_grey(lin: np.ndarray, target: np.ndarray, bits: int | None) -> np.ndar
     return scaled.astype(np.uint8 if bits == 8 else np.uint16)
 
 
-def blend(frames: Sequence[Frame], detail_logits: np.ndarray, tone_logits: np.ndarray, log_gain: np.ndarray,
+def blend(frames: Sequence[Frame], detail_logits: np.ndarray, tone_logits: np.ndarray, log_gain: float,
           cfg: BlendConfig, out_bits: int | None = None) -> np.ndarray:
     """Fuse full-resolution frames with work-resolution logits and gain (steps 2–4 above).
 
@@ -599,7 +599,7 @@ def blend(frames: Sequence[Frame], detail_logits: np.ndarray, tone_logits: np.nd
         detail_logits: (N, h, w) float32 logits of the finest levels (the well-exposedness prior).
         tone_logits: (N, h, w) float32 logits of the coarser levels and of the colour mix (the
             network's).
-        log_gain: (h, w) float32 log2-gain at work resolution (already bounded).
+        log_gain: the scene's log2-gain (already bounded).
         cfg: the blend settings.
         out_bits: None: float32 output; 8 or 16: sRGB codes of that depth (saves the writer's
             conversion passes).
@@ -706,7 +706,7 @@ def blend(frames: Sequence[Frame], detail_logits: np.ndarray, tone_logits: np.nd
     # luminance; where that passes white, moved towards the luminance-weighted mix (the palest
     # colour the sources hold) just enough, then capped.
     tone_up = [RowUpsampler(m, size) for m in sw_tone]
-    gain_up = RowUpsampler(np.exp2(log_gain).astype(np.float32), size)
+    gain = np.float32(2.0 ** float(log_gain))
     sources = [(i, f) for i, f in enumerate(frames) if not isinstance(f, Reexposed)]
     dtype = {None: np.float32, 8: np.uint8, 16: np.uint16}.get(out_bits)
     if dtype is None:
@@ -736,7 +736,7 @@ def blend(frames: Sequence[Frame], detail_logits: np.ndarray, tone_logits: np.nd
                 pale_lum += w
         assert mix is not None and conf_sum is not None and pale is not None and pale_lum is not None
         target = srgb_to_linear(y[r0:r1])
-        target *= gain_up.rows(r0, r1)
+        target *= gain
         mix *= (target / np.maximum(conf_sum, 1e-6))[..., None]
         top = cv2.reduce(mix.reshape(-1, 3), 1, cv2.REDUCE_MAX).reshape(target.shape)
         over = top > 1.0
@@ -810,11 +810,11 @@ class ExposureModel:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise InputError(f"{card_path}: not a crmef engine model card ({exc})") from None
 
-    def maps(self, small: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def maps(self, small: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
         """Work-resolution maps of (N, 3, h, w) reduced frames sorted dark to bright: the detail
-        levels' prior logits and the network's tone logits (N, h, w), and its log2-gain (h, w)."""
+        levels' prior logits and the network's tone logits (N, h, w), and the scene's log2-gain."""
         logits, gain = self.session.run(None, {"frames": small})
-        return prior_logits(small, self.cfg.sigma), logits[:, 0], gain[0, 0]
+        return prior_logits(small, self.cfg.sigma), logits[:, 0], float(gain.reshape(-1)[0])
 
     def __call__(self, frames: Sequence[np.ndarray], out_bits: int | None = None) -> np.ndarray:
         """Fuse N ≥ 2 (H, W, 3) frames of one scene (any order; uint8 / uint16 sRGB codes as

@@ -44,9 +44,8 @@ class ExposureNet(nn.Module):
         slot_ops: for each of the 3 slots, the candidate op names (one name once derived).
         max_gain: bound of the log2-gain in stops.
 
-    Shapes: ``forward(x (N, 3, h, w)) -> (logits (N, 1, h, w), gain (1, 1, h, w))`` with h, w
-    even; the frames in any order, RGB in [0, 1]. The gain is one value per scene (its map is
-    constant): the mean over pixels of the frames' gains weighted by softmax(logits), bounded by
+    Shapes: ``forward(x (N, 3, h, w)) -> (logits (N, 1, h, w), gain (1, 1, 1, 1))`` with h, w
+    even; the frames in any order, RGB in [0, 1]. The gain is one value per scene: the mean over pixels of the frames' gains weighted by softmax(logits), bounded by
     ``max_gain · tanh``.
     """
 
@@ -97,8 +96,7 @@ class ExposureNet(nn.Module):
         out = self.tail(q)
         logits, g = out[:, :1], out[:, 1:]
         w = torch.softmax(logits, dim=0)
-        gain = self.max_gain * torch.tanh((w * g).sum(dim=0, keepdim=True).mean(dim=(2, 3), keepdim=True))
-        return logits, gain.expand(1, 1, *x.shape[-2:])
+        return logits, self.max_gain * torch.tanh((w * g).sum(dim=0, keepdim=True).mean(dim=(2, 3), keepdim=True))
 
 
 # ------------------------------------------------------------------------------- blend (torch)
@@ -191,7 +189,7 @@ def blend_torch(frames: Tensor, detail_logits: Tensor, tone_logits: Tensor, log_
         frames: (N, 3, H, W) RGB in [0, 1], sorted dark to bright.
         detail_logits: (N, 1, h, w) logits of the finest ``cfg.detail_levels`` levels.
         tone_logits: (N, 1, h, w) logits of the coarser levels and the colour mix.
-        log_gain: (1, 1, h, w) log2-gain at work resolution.
+        log_gain: (1, 1, 1, 1) the scene's log2-gain.
         cfg: the blend settings.
         real: (N,) 1 for a real frame, 0 for a re-exposure (no weight at the detail levels and
             in the colour mix); None: all real.
@@ -244,8 +242,7 @@ def blend_torch(frames: Tensor, detail_logits: Tensor, tone_logits: Tensor, log_
     conf = colour_confidence_t(frames, g) * up
     mix = (lin / lg.clamp(min=1e-6) * conf).sum(0, keepdim=True) / conf.sum(0, keepdim=True).clamp(min=1e-6)
     pale = (lin * up).sum(0, keepdim=True) / (lg * up).sum(0, keepdim=True).clamp(min=1e-6)
-    gain = F.interpolate(torch.exp2(log_gain), size=(hh, ww), mode="bilinear", align_corners=False)
-    target = srgb_to_linear_t(y.clamp(0, 1)) * gain
+    target = srgb_to_linear_t(y.clamp(0, 1)) * torch.exp2(log_gain)
     u, o = mix * target, pale * target
     over = u.amax(dim=1, keepdim=True) > 1.0
     step = torch.where(u > 1.0, (u - 1.0) / (u - o).clamp(min=1e-6), torch.zeros_like(u)).amax(dim=1, keepdim=True)
@@ -315,13 +312,12 @@ def count_flops(net: ExposureNet, n: int, shape: tuple[int, int]) -> float:
 
 def export_onnx(net: ExposureNet, path: str, opset: int = 17) -> None:
     """Export to ONNX: input ``frames`` (N, 3, h, w), outputs ``logits`` (N, 1, h, w) and ``gain``
-    (1, 1, h, w); N, h and w dynamic (h, w even)."""
+    (1, 1, 1, 1); N, h and w dynamic (h, w even)."""
     net = net.eval()
     with torch.no_grad():
         torch.onnx.export(
             net, (torch.rand(3, 3, 64, 96),), path, input_names=["frames"], output_names=["logits", "gain"],
-            dynamic_axes={"frames": {0: "n", 2: "h", 3: "w"}, "logits": {0: "n", 2: "h", 3: "w"},
-                          "gain": {2: "h", 3: "w"}},
+            dynamic_axes={"frames": {0: "n", 2: "h", 3: "w"}, "logits": {0: "n", 2: "h", 3: "w"}},
             opset_version=opset, dynamo=False,
         )
 
