@@ -21,6 +21,7 @@ from crmef.engine import (
     load_engine,
     match_grey,
     prior_logits,
+    scale_codes,
     select_frames,
     srgb_to_linear,
     work_shape,
@@ -136,6 +137,19 @@ def test_match_grey_gives_the_target_grey_and_keeps_the_chromaticity():
     assert codes.max() <= 1.0
     q8 = match_grey(lin.copy(), target, 8)
     assert q8.dtype == np.uint8 and np.abs(q8 / 255.0 - codes).max() <= 0.5 / 255 + 1e-6
+
+
+@pytest.mark.parametrize("dark", [False, True])
+def test_scale_codes_equals_the_curve_on_both_branches(dark: bool):
+    rng = np.random.default_rng(3)
+    # linear values from the deep toe (codes below 0.04045) to white; scales down and up
+    lin = rng.uniform(0.0, 0.01 if dark else 1.0, (48, 40, 3)).astype(np.float32) ** 2
+    r = rng.uniform(0.42, 2.38, (48, 40)).astype(np.float32)
+    r = np.minimum(r, 1.0 / np.maximum(lin.max(axis=2), 1e-12) ** (1 / 2.4))  # no channel past white
+    want = linear_to_srgb(lin.astype(np.float64) * r[..., None].astype(np.float64) ** 2.4)
+    got = scale_codes(linear_to_srgb(lin), lin, r)
+    assert (want < 0.04045).mean() > (0.5 if dark else 0.01)  # both branches are exercised
+    assert np.abs(got - want).max() < 2e-6
 
 
 def test_network_gain_is_one_value_per_scene():

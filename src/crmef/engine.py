@@ -139,6 +139,10 @@ def linear_to_srgb(x: np.ndarray) -> np.ndarray:
     return _encode(np.clip(x, 0.0, 1.0, dtype=np.float32))
 
 
+_TOE_CODE = 0.04045
+"""Largest sRGB code of the curve's linear toe (the linear value 0.0031308)."""
+
+
 def _encode(x: np.ndarray) -> np.ndarray:
     """:func:`linear_to_srgb` of float32 values already in [0, 1] (no clipped copy)."""
     t = cv2.pow(x.reshape(-1, 1), 1 / 2.4).reshape(x.shape)
@@ -146,6 +150,18 @@ def _encode(x: np.ndarray) -> np.ndarray:
     t -= np.float32(0.055)
     np.multiply(x, np.float32(12.92), out=t, where=x <= 0.0031308)
     return t
+
+
+def small_grey(small: np.ndarray) -> np.ndarray:
+    """MATLAB ``rgb2gray`` of an (N, 3, h, w) float32 stack -> (N, h, w) float32.
+
+    Three multiply-adds, not ``np.tensordot``: a BLAS call starts OpenBLAS's threads, which then
+    spin beside OpenCV's (and beside the other workers of a batch), a third slower on 2 cores.
+    """
+    g = small[:, 0] * GRAY[0]
+    g += small[:, 1] * GRAY[1]
+    g += small[:, 2] * GRAY[2]
+    return g
 
 
 def gray(img: np.ndarray) -> np.ndarray:
@@ -274,16 +290,28 @@ def colour_confidence(frame: np.ndarray, r0: int, r1: int, grey: np.ndarray) -> 
     return conf
 
 
-def rgb_rows(frame: Frame, r0: int, r1: int) -> np.ndarray:
+def rgb_rows(frame: np.ndarray, r0: int, r1: int) -> np.ndarray:
     """Rows ``[r0, r1)`` of a frame as float32 sRGB in [0, 1] (a view for float32 frames)."""
-    if isinstance(frame, Reexposed):
-        return linear_to_srgb(linear_rows(frame, r0, r1))
     band = frame[r0:r1]
     if band.dtype == np.float32:
         return band
     out = band.astype(np.float32)
     out *= np.float32(1.0 / code_peak(frame))
     return out
+
+
+def grey_rows(frame: Frame, r0: int, r1: int) -> np.ndarray:
+    """MATLAB ``rgb2gray`` of rows ``[r0, r1)`` of a frame, float32 (h, W) in [0, 1].
+
+    Codes are weighed straight from their integers (one conversion, no scaled copy); a
+    re-exposure is encoded from its linear light.
+    """
+    if isinstance(frame, Reexposed):  # its linear light is at most 1 (capped whole)
+        return gray(_encode(linear_rows(frame, r0, r1)))
+    band = frame[r0:r1]
+    if band.dtype == np.float32:
+        return gray(band)
+    return gray(band.astype(np.float32)) * np.float32(1.0 / code_peak(frame))
 
 
 def linear_rows(frame: Frame, r0: int, r1: int) -> np.ndarray:
@@ -326,7 +354,7 @@ def grey_full(frame: Frame, out: np.ndarray | None = None) -> np.ndarray:
         out = np.empty((h, w), np.float32)
 
     def rows(r0: int, r1: int) -> None:
-        out[r0:r1] = gray(rgb_rows(frame, r0, r1))
+        out[r0:r1] = grey_rows(frame, r0, r1)
 
     for_bands(rows, h, w)
     return out
@@ -419,7 +447,7 @@ def gap_stops(small: np.ndarray) -> list[float]:
     to bright: log2 of the median ratio of their linear grey over the pixels well exposed in
     both (grey above 0.04 in the darker, below 0.92 in the brighter); the ratio of the means
     where fewer than 16 such pixels exist. Capped at 12 stops."""
-    g = np.tensordot(GRAY, small, axes=([0], [1]))
+    g = small_grey(small)
     lin = srgb_to_linear(g)
     steps = []
     for a, b, la, lb in zip(g[:-1], g[1:], lin[:-1], lin[1:]):
@@ -472,7 +500,7 @@ def fill_gaps(frames: Sequence[np.ndarray], small: np.ndarray, max_gap: float) -
 
 def prior_logits(small: np.ndarray, sigma: float) -> np.ndarray:
     """Well-exposedness logits ``-(g - 0.5)² / (2σ²)`` of (N, 3, h, w) frames -> (N, h, w)."""
-    g = np.tensordot(GRAY, small, axes=([0], [1]))  # (N, h, w)
+    g = small_grey(small)
     return -((g - 0.5) ** 2) / (2 * sigma**2)
 
 
@@ -540,40 +568,72 @@ def match_grey(lin: np.ndarray, target: np.ndarray, bits: int | None) -> np.ndar
     with the colour's saturation (sRGB is not linear, and a mix of colours in linear light does
     not commute with it): by 0.017 of grey on average on validation pairs. On the curve's power
     branch a code is ``1.055 x^(1/2.4) - 0.055``, so scaling a pixel's linear light by
-    ``k = r^2.4`` maps its codes ``c`` to ``(c + 0.055) r - 0.055``, and
+    ``k = r^2.4`` maps its codes ``c`` to ``(c + 0.055) r - 0.055`` (:func:`scale_codes`), and
     ``r = (T + 0.055) / (grey + 0.055)`` gives the grey ``T`` exactly where every channel is on that
     branch (a channel in the linear toe, codes below 0.04045, leaves a residual of a few 1e-4 of
-    grey). ``k`` is bounded to [1/8, 8] and so that no channel passes white (the pixel is scaled
-    down whole). One positive scale per pixel: the chromaticity is untouched. The scaled pixel is
-    encoded exactly (``linear_to_srgb``) and rounded: this is also the output's encoding.
+    grey). ``r`` is bounded to [0.42, 2.38] (``k`` to [1/8, 8]) and so that no channel passes
+    white (the pixel is scaled down whole). One positive scale per pixel: the chromaticity is
+    untouched. The pixel is encoded once; the scaled codes are exact (the affine map on the power
+    branch, the curve itself for channels in the toe), then rounded: this is also the output's
+    encoding.
 
     Args:
-        lin: (h, w, 3) float32 linear RGB in [0, 1] (overwritten).
+        lin: (h, w, 3) float32 linear RGB in [0, 1].
         target: (h, w) float32 target linear luminance (values above 1 mean white).
         bits: None: float32 codes in [0, 1]; 8 or 16: rounded uint8 / uint16 codes.
 
     Returns:
         (h, w, 3) sRGB codes.
     """
-    f = gray(linear_to_srgb(lin))
-    f += 0.055
+    codes = _encode(lin)
+    r = gray(codes)
+    r += np.float32(0.055)
     t = linear_to_srgb(np.minimum(target, 1.0))
-    t += 0.055
-    np.divide(t, f, out=t)
-    np.clip(t, 0.42, 2.38, out=t)
-    k = cv2.pow(t, 2.4)
-    top = top_code(lin)
-    np.maximum(top, 1e-12, out=top)
-    np.divide(np.float32(1.0), top, out=top)
-    np.minimum(k, top, out=k)  # no channel past white
-    lin *= k[..., None]
-    np.clip(lin, 0.0, 1.0, out=lin)
-    scaled = _encode(lin)
+    t += np.float32(0.055)
+    np.divide(t, r, out=r)
+    np.clip(r, 0.42, 2.38, out=r)
+    cap = top_code(codes)  # no channel past white: (top + 0.055) r <= 1.055
+    cap += np.float32(0.055)
+    np.divide(np.float32(1.055), cap, out=cap)
+    np.minimum(r, cap, out=r)
+    out = scale_codes(codes, lin, r)
     if bits is None:
-        return scaled
-    scaled *= np.float32(255.0 if bits == 8 else 65535.0)
-    scaled += np.float32(0.5)
-    return scaled.astype(np.uint8 if bits == 8 else np.uint16)
+        return out
+    out *= np.float32(255.0 if bits == 8 else 65535.0)
+    out += np.float32(0.5)
+    return out.astype(np.uint8 if bits == 8 else np.uint16)
+
+
+def scale_codes(codes: np.ndarray, lin: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """sRGB codes of ``lin · r^2.4`` from the codes of ``lin``, in place, clipped to [0, 1].
+
+    On the power branch of the curve the codes of ``x k`` are ``(c + 0.055) k^(1/2.4) - 0.055``:
+    one multiply-add per channel instead of the curve. A channel in the linear toe before or
+    after the scaling (codes below 0.04045) is encoded exactly from its linear value.
+
+    Args:
+        codes: (h, w, 3) float32 codes of ``lin`` (overwritten with the result).
+        lin: (h, w, 3) float32 linear values.
+        r: (h, w) float32 ``k^(1/2.4)`` per pixel (> 0).
+
+    Returns:
+        ``codes``, now the codes of ``lin · r^2.4``.
+    """
+    toe = codes < np.float32(_TOE_CODE)
+    codes += np.float32(0.055)
+    codes *= r[..., None]
+    codes -= np.float32(0.055)
+    toe |= codes < np.float32(_TOE_CODE)
+    n_toe = np.count_nonzero(toe)
+    if n_toe > toe.size // 8:  # mostly dark: the curve on the whole band is cheaper than a gather
+        k = cv2.pow(r, 2.4)
+        exact = _encode(np.minimum(lin * k[..., None], np.float32(1.0)))
+        np.copyto(codes, exact, where=toe)
+    elif n_toe:
+        rows, cols, _ = np.nonzero(toe)
+        k = cv2.pow(np.ascontiguousarray(r[rows, cols]).reshape(-1, 1), 2.4).reshape(-1)
+        codes[toe] = _encode(np.minimum(lin[toe] * k, np.float32(1.0)))
+    return np.clip(codes, 0.0, 1.0, out=codes)
 
 
 def blend(frames: Sequence[Frame], detail_logits: np.ndarray, tone_logits: np.ndarray, log_gain: float,
@@ -717,7 +777,7 @@ def blend(frames: Sequence[Frame], detail_logits: np.ndarray, tone_logits: np.nd
         mix = conf_sum = pale = pale_lum = None
         for i, src in sources:
             lin = linear_rows(src, r0, r1)
-            g = gray(rgb_rows(src, r0, r1))
+            g = grey_rows(src, r0, r1)
             w = tone_up[i].rows(r0, r1)
             conf = colour_confidence(src, r0, r1, g)
             conf *= w
@@ -828,7 +888,7 @@ class ExposureModel:
             raise InputError(f"frames of {w}x{h} are too small: the shortest side must be at least {MIN_SIDE} px")
         shape = work_shape(h, w, self.cfg.work_size)
         small = reduce_frames(frames, shape)
-        order = np.argsort(np.tensordot(GRAY, small, axes=([0], [1])).mean(axis=(1, 2)), kind="stable")
+        order = np.argsort(small_grey(small).mean(axis=(1, 2)), kind="stable")
         ordered, small = [frames[i] for i in order], small[order]
         if self.prealign:  # the reduced stack is made again from the aligned frames
             ordered = align_frames([rgb_rows(f, 0, h) for f in ordered], len(ordered) // 2)
