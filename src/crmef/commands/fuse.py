@@ -251,11 +251,11 @@ _WORKER: dict[str, Any] = {}
 
 def _init_worker(args: argparse.Namespace, threads: int | None) -> None:
     """Per-process set-up of a batch worker: its own fuser (and thread budget)."""
-    if threads:
+    if threads:  # before numpy loads (cv2 imports it): OpenBLAS reads these once, at import
+        os.environ["OMP_NUM_THREADS"] = os.environ["OPENBLAS_NUM_THREADS"] = str(threads)
         import cv2
 
         cv2.setNumThreads(threads)
-        os.environ["OMP_NUM_THREADS"] = str(threads)
     _WORKER["fuser"] = make_fuser(args)
     _WORKER["args"] = args
 
