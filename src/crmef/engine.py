@@ -14,8 +14,8 @@ How one output pixel is made (``frames`` sorted dark to bright, RGB in [0, 1]):
 1. **Work resolution.** Every frame is reduced to ``work_size`` pixels on its long side (area
    average). The exposure network (:class:`crmef.nets.exposure.ExposureNet`, exported to ONNX)
    sees the N reduced frames at once (shared weights per frame, a cross-frame mean for context)
-   and returns per frame a tone logit map and one log2-gain for the scene. Cost: constant in the image
-   size, linear in N.
+   and returns per frame a tone logit map and one log2-gain for the scene. Cost: constant in the
+   image size, linear in N.
 2. **Weights.** Per level k of a full-depth Laplacian pyramid, frame i weighs
    ``s_i · G_k((|∇²g_i| + ε)^c)`` normalised over the frames (Mertens's contrast measure on the
    grey ``g_i``, so fine structure comes from the frame that holds it). ``s_i`` is a smooth map
@@ -425,8 +425,9 @@ def select_frames(frames: Sequence[np.ndarray], extremes: bool = False) -> tuple
 # ------------------------------------------------------------------------------- the blend
 
 
-def reduce_frames(frames: Sequence[Frame], shape: tuple[int, int]) -> np.ndarray:
-    """(N, 3, h, w) float32 stack of the frames (any engine dtype) reduced by area averaging.
+def reduce_frames(frames: Sequence[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
+    """(N, 3, h, w) float32 stack of real frames (any engine dtype) reduced by area averaging (a
+    re-exposure's reduced frame is :func:`reexpose_small` of its source's).
 
     Area averaging is separable: each band of rows is reduced across, then the (H, w) result
     down (equal to one ``cv2.resize(..., INTER_AREA)`` of the float frame).

@@ -4,8 +4,8 @@
 once: every frame passes the same searchable sub-network (shared weights, so any N and any
 order work), a cross-frame mean gives each frame the context of the others, and the head
 returns per frame a logit map (how much this frame should make the output here) and one
-log2-gain for the scene (one value, the global exposure). It runs at the engine's work resolution (256 px on the
-long side), so its cost does not grow with the photo's size.
+log2-gain for the scene (one value, the global exposure). It runs at the engine's work
+resolution (256 px on the long side), so its cost does not grow with the photo's size.
 
     x_i (3, h, w) → conv3×3 → slot 0 (C→C)                          f_i     h × w
     [maxpool f_i ‖ avgpool mean_j f_j] → slot 1 (2C→C)                 q_i     h/2 × w/2
@@ -45,8 +45,8 @@ class ExposureNet(nn.Module):
         max_gain: bound of the log2-gain in stops.
 
     Shapes: ``forward(x (N, 3, h, w)) -> (logits (N, 1, h, w), gain (1, 1, 1, 1))`` with h, w
-    even; the frames in any order, RGB in [0, 1]. The gain is one value per scene: the mean over pixels of the frames' gains weighted by softmax(logits), bounded by
-    ``max_gain · tanh``.
+    even; the frames in any order, RGB in [0, 1]. The gain is one value per scene: the mean over
+    pixels of the frames' gains weighted by softmax(logits), bounded by ``max_gain · tanh``.
     """
 
     def __init__(self, channels: int, slot_ops: Sequence[Sequence[str]], max_gain: float = 1.0) -> None:
@@ -96,7 +96,8 @@ class ExposureNet(nn.Module):
         out = self.tail(q)
         logits, g = out[:, :1], out[:, 1:]
         w = torch.softmax(logits, dim=0)
-        return logits, self.max_gain * torch.tanh((w * g).sum(dim=0, keepdim=True).mean(dim=(2, 3), keepdim=True))
+        scene = (w * g).sum(dim=0, keepdim=True).mean(dim=(2, 3), keepdim=True)  # (1, 1, 1, 1)
+        return logits, self.max_gain * torch.tanh(scene)
 
 
 # ------------------------------------------------------------------------------- blend (torch)
