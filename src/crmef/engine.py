@@ -21,7 +21,10 @@ How one output pixel is made (``frames`` sorted dark to bright, RGB in [0, 1]):
    grey ``g_i``, so fine structure comes from the frame that holds it). ``s_i`` is a smooth map
    (softmax over frames, Gaussian blur, bilinear up-sampling): for the finest ``detail_levels``
    levels the well-exposedness prior ``-(g - 0.5)² / (2σ²)`` (structure by construction), for
-   the coarser levels the network's tone logits (tone, down to the global average).
+   the coarser levels the network's tone logits (tone, down to the global average). The tone
+   levels measure the contrast on the grey at the work resolution, where the network sees the
+   frames (:func:`tone_contrast`): the tone does not move with pixel-level sharpness or noise (a
+   resampled hand-held frame), nor with the image size.
 3. **Structure.** The pyramid blend of the frames' grey images (MATLAB ``rgb2gray``, as
    MEF-SSIM sees them): the output's grey ``Y``.
 4. **Colour.** Each frame brings its unit-luminance colour ``lin(I_i) / lin(g_i)`` (its
@@ -637,15 +640,53 @@ def scale_codes(codes: np.ndarray, lin: np.ndarray, r: np.ndarray) -> np.ndarray
     return np.clip(codes, 0.0, 1.0, out=codes)
 
 
+def level_shape(h: int, w: int, k: int) -> tuple[int, int]:
+    """(h, w) of level ``k`` of an (h, w) image's pyramid (``cv2.pyrDown`` rounds up)."""
+    for _ in range(k):
+        h, w = (h + 1) // 2, (w + 1) // 2
+    return h, w
+
+
+def tone_contrast(grey: np.ndarray, work: tuple[int, int], level: tuple[int, int], contrast: float) -> np.ndarray:
+    """The contrast term of the tone levels: ``(|∇²g| + ε)^contrast`` of the grey reduced to the
+    work resolution, brought to the size of the first tone level.
+
+    Measured where the network works, not at full resolution: the tone then depends on the scene
+    as the network saw it (and as it was trained, on whole images at the work size), not on the
+    sharpness or sensor noise of the full-resolution pixels. Measured at full resolution, a
+    resampled frame (an aligned hand-held frame, σ = 0.7 px of blur) lost a third of its
+    contrast, so its share of the tone, and the output's brightness moved by 0.07.
+
+    Args:
+        grey: (H, W) float32 grey of one frame at full resolution.
+        work: (h, w) the work resolution (the network's maps).
+        level: (h', w') the size of the first tone level (:func:`level_shape`).
+        contrast: the exponent ``c``.
+
+    Returns:
+        float32 (h', w').
+    """
+    g = cv2.resize(grey, (work[1], work[0]), interpolation=cv2.INTER_AREA)
+    c = np.abs(cv2.Laplacian(g, cv2.CV_32F, ksize=1))
+    c += np.float32(1e-3)
+    if contrast != 1:
+        c = cv2.pow(c, contrast)
+    while c.shape[0] >= 2 * level[0] and c.shape[1] >= 2 * level[1]:
+        c = cv2.pyrDown(c)
+    return cv2.resize(c, (level[1], level[0]), interpolation=cv2.INTER_LINEAR)
+
+
 def blend(frames: Sequence[Frame], detail_logits: np.ndarray, tone_logits: np.ndarray, log_gain: float,
           cfg: BlendConfig, out_bits: int | None = None) -> np.ndarray:
     """Fuse full-resolution frames with work-resolution logits and gain (steps 2–4 above).
 
     The pyramid weights of frame i at level k are ``s_i · G_k(c_i)`` normalised over the frames,
     with ``c_i = (|∇²g_i| + ε)^contrast`` and ``G_k`` the Gaussian pyramid: for the finest
-    ``cfg.detail_levels`` levels ``s_i`` is the prior's smooth weight, taken at full resolution and
-    reduced with the pyramid; from level ``detail_levels`` on it is the network's smooth weight,
-    resized to that level (so the full-resolution passes do not grow with the network's part).
+    ``cfg.detail_levels`` levels ``s_i`` is the prior's smooth weight and ``c_i`` the contrast of
+    the full-resolution grey, both reduced with the pyramid; from level ``detail_levels`` on
+    ``s_i`` is the network's smooth weight and ``c_i`` the contrast of the grey at the work
+    resolution (:func:`tone_contrast`), both resized to that level (so the full-resolution passes
+    do not grow with the network's part, and the tone does not depend on pixel-level sharpness).
 
     Memory is bounded whatever N: a first pass over the frames sums the detail weights (one
     full-resolution map), a second adds each frame's weighted Laplacian pyramid into the
@@ -680,17 +721,17 @@ def blend(frames: Sequence[Frame], detail_logits: np.ndarray, tone_logits: np.nd
     con = np.empty_like(g)  # its contrast measure, then its detail weight
     tmp = np.empty_like(g)
 
-    def detail_weight(i: int, f: Frame, normalise: bool, weigh: bool = True) -> np.ndarray:
+    def detail_weight(i: int, f: Frame, normalise: bool) -> np.ndarray:
         """Grey of ``f`` into ``g``, its contrast measure into ``con``, and ``c_i · s_i`` of the
         detail levels (in ``tmp``, or with ``normalise`` in ``con`` divided by the sum over the
-        frames); ``weigh=False``: the contrast alone."""
+        frames); with no detail levels, the contrast alone."""
         grey_full(f, out=g)
         cv2.Laplacian(g, cv2.CV_32F, dst=con, ksize=1)
         np.abs(con, out=con)
         np.add(con, 1e-3, out=con)
         if cfg.contrast != 1:
             cv2.pow(con, cfg.contrast, dst=con)
-        if not split or not weigh:
+        if not split:
             return con
         cv2.resize(sw_detail[i], size, dst=tmp, interpolation=cv2.INTER_LINEAR)
         if not normalise:  # pass 1 keeps the bare contrast in con for its pyramid
@@ -699,14 +740,15 @@ def blend(frames: Sequence[Frame], detail_logits: np.ndarray, tone_logits: np.nd
         np.divide(con, total, out=con)
         return con
 
-    # Pass 1: Σ_i c_i·s_i at full resolution over the real frames, each frame's contrast down to
-    # the split level, and a re-exposure's grey there (it takes part in the coarse levels only).
+    # Pass 1: Σ_i c_i·s_i at full resolution over the real frames, each frame's tone contrast (at
+    # the work resolution, brought to the split level), and a re-exposure's grey at the split
+    # level (it takes part in the coarse levels only).
     total = np.zeros((h_full, w_full), np.float32) if split else None
+    split_shape = level_shape(h_full, w_full, split)
     cons_split, grey_split = [], {}
     for i, f in enumerate(frames):
         if isinstance(f, Reexposed) and split:
-            detail_weight(i, f, normalise=False, weigh=False)
-            c = g
+            c = grey_full(f, out=g)
             for _ in range(split):
                 c = cv2.pyrDown(c)
             grey_split[i] = c
@@ -714,10 +756,7 @@ def blend(frames: Sequence[Frame], detail_logits: np.ndarray, tone_logits: np.nd
             wd = detail_weight(i, f, normalise=False)
             if total is not None:
                 total += wd
-        c = con
-        for _ in range(split):
-            c = cv2.pyrDown(c)
-        cons_split.append(c.copy() if c is con else c)
+        cons_split.append(tone_contrast(g, tone_logits.shape[1:], split_shape, cfg.contrast))
     hs, ws_ = cons_split[0].shape
     wt = _normalised([cv2.multiply(c, cv2.resize(s, (ws_, hs), interpolation=cv2.INTER_LINEAR))
                       for c, s in zip(cons_split, sw_tone)])

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from crmef.engine import CLIP_AT, CLIP_RAMP, COLOUR_FLOOR, GRAY, TRUST_FROM, TRUST_RAMP, BlendConfig, pyramid_levels
+from crmef.engine import CLIP_AT, CLIP_RAMP, COLOUR_FLOOR, GRAY, TRUST_FROM, TRUST_RAMP, BlendConfig, level_shape, pyramid_levels
 from crmef.space import Choice
 
 EXPOSURE_SLOTS = 3
@@ -182,6 +182,22 @@ def reduce_frames(frames: Tensor, shape: tuple[int, int]) -> Tensor:
     return F.interpolate(frames, size=shape, mode="area")
 
 
+def contrast_t(g: Tensor, contrast: float) -> Tensor:
+    """Mertens's contrast measure ``(|∇²g| + ε)^contrast`` of (N, 1, H, W) grey -> (N, 1, H, W)
+    (``cv2.Laplacian`` with ``ksize=1``, borders reflected as OpenCV does)."""
+    lap_k = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]], dtype=g.dtype, device=g.device)
+    return (F.conv2d(F.pad(g, (1, 1, 1, 1), mode="reflect"), lap_k.view(1, 1, 3, 3)).abs() + 1e-3) ** contrast
+
+
+def tone_contrast_t(g: Tensor, work: tuple[int, int], level: tuple[int, int], contrast: float) -> Tensor:
+    """:func:`crmef.engine.tone_contrast` in torch: the contrast of the (N, 1, H, W) grey reduced
+    to the ``work`` resolution, brought to the ``level`` size -> (N, 1, *level)."""
+    c = contrast_t(F.interpolate(g, size=work, mode="area"), contrast)
+    while c.shape[-2] >= 2 * level[0] and c.shape[-1] >= 2 * level[1]:
+        c = pyr_down(c)
+    return F.interpolate(c, size=level, mode="bilinear", align_corners=False)
+
+
 def blend_torch(frames: Tensor, detail_logits: Tensor, tone_logits: Tensor, log_gain: Tensor,
                 cfg: BlendConfig, real: Tensor | None = None) -> Tensor:
     """:func:`crmef.engine.blend` in torch.
@@ -207,8 +223,7 @@ def blend_torch(frames: Tensor, detail_logits: Tensor, tone_logits: Tensor, log_
         return F.interpolate(w, size=size, mode="bilinear", align_corners=False)
 
     g = gray_t(frames)
-    lap_k = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]], dtype=g.dtype, device=g.device)
-    con = (F.conv2d(F.pad(g, (1, 1, 1, 1), mode="reflect"), lap_k.view(1, 1, 3, 3)).abs() + 1e-3) ** cfg.contrast
+    con = contrast_t(g, cfg.contrast)
 
     def normalised(pw: Tensor) -> Tensor:
         return pw / (pw.sum(0, keepdim=True) + 1e-12)
@@ -221,9 +236,7 @@ def blend_torch(frames: Tensor, detail_logits: Tensor, tone_logits: Tensor, log_
     if real is not None:  # re-exposures take no part in the detail levels
         detail = detail * real.view(-1, 1, 1, 1)
     w = normalised(detail) if split else None
-    con_s = con
-    for _ in range(split):
-        con_s = pyr_down(con_s)
+    con_s = tone_contrast_t(g, tuple(tone_logits.shape[-2:]), level_shape(hh, ww, split), cfg.contrast)
     wt = normalised(resized(tone, tuple(con_s.shape[-2:])) * con_s)
     cur, acc = g, []
     for k in range(levels):
