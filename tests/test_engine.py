@@ -23,6 +23,7 @@ from crmef.engine import (
     prior_logits,
     scale_codes,
     select_frames,
+    small_grey,
     srgb_to_linear,
     work_shape,
     reduce_frames,
@@ -61,11 +62,12 @@ def test_integer_output_equals_rounded_float_output():
     frames = bracket(3)
     cfg = BlendConfig()
     shape = work_shape(*frames[0].shape[:2], cfg.work_size)
-    prior = prior_logits(reduce_frames(frames, shape), cfg.sigma)
+    small = reduce_frames(frames, shape)
+    prior = prior_logits(small_grey(small), cfg.sigma)
     gain = 0.0
-    f = blend(frames, prior, prior, gain, cfg)
+    f = blend(frames, small, prior, gain, cfg)
     for bits, peak, dtype in ((8, 255, np.uint8), (16, 65535, np.uint16)):
-        q = blend(frames, prior, prior, gain, cfg, out_bits=bits)
+        q = blend(frames, small, prior, gain, cfg, out_bits=bits)
         assert q.dtype == dtype
         assert np.abs(q.astype(np.float64) - np.round(f * peak)).max() <= 1
 
@@ -76,12 +78,12 @@ def test_numpy_blend_equals_torch_blend():
     shape = work_shape(*frames[0].shape[:2], cfg.work_size)
     small = reduce_frames(frames, shape)
     rng = np.random.default_rng(1)
-    prior = prior_logits(small, cfg.sigma)
+    prior = prior_logits(small_grey(small), cfg.sigma)
     logits = (prior + rng.normal(0, 0.5, (3, *shape))).astype(np.float32)
     gain = 0.3
-    a = blend(frames, prior, logits, gain, cfg)
+    a = blend(frames, small, logits, gain, cfg)
     t = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)
-    b = blend_torch(t, torch.from_numpy(prior)[:, None], torch.from_numpy(logits)[:, None],
+    b = blend_torch(t, torch.from_numpy(small), torch.from_numpy(logits)[:, None],
                     torch.tensor(gain).view(1, 1, 1, 1), cfg)
     b = b[0].permute(1, 2, 0).numpy()
     assert a.shape == b.shape == frames[0].shape
@@ -104,8 +106,8 @@ def test_output_colour_comes_from_the_sources():
     shape = work_shape(*frames[0].shape[:2], cfg.work_size)
     small = reduce_frames(frames, shape)
     gain = 0.8  # even a strong gain keeps the hue
-    prior = prior_logits(small, cfg.sigma)
-    out = blend(frames, prior, prior, gain, cfg)
+    prior = prior_logits(small_grey(small), cfg.sigma)
+    out = blend(frames, small, prior, gain, cfg)
     assert pixel_hull(frames, out) < 1e-5
     tinted = linear_to_srgb(np.clip(srgb_to_linear(out) * np.array([0.92, 1.0, 1.12], np.float32), 0, 1))
     assert chroma_hull(frames, tinted) > 4 * chroma_hull(frames, out)
@@ -284,13 +286,13 @@ def test_codes_fuse_like_floats():
     cfg = BlendConfig()
     shape = work_shape(80, 120, cfg.work_size)
     small = reduce_frames(frames, shape)
-    prior = prior_logits(small, cfg.sigma)
+    prior = prior_logits(small_grey(small), cfg.sigma)
     gain = 0.3
-    ref = blend(frames, prior, prior, gain, cfg, out_bits=16).astype(np.float64)
+    ref = blend(frames, small, prior, gain, cfg, out_bits=16).astype(np.float64)
     for peak, dtype in ((255, np.uint8), (65535, np.uint16)):
         codes = [np.round(f * peak).astype(dtype) for f in frames]
         assert np.abs(reduce_frames(codes, shape) - small).max() < 1e-5
-        out = blend(codes, prior, prior, gain, cfg, out_bits=16).astype(np.float64)
+        out = blend(codes, small, prior, gain, cfg, out_bits=16).astype(np.float64)
         assert np.abs(out - ref).max() <= 2
 
 
@@ -319,9 +321,10 @@ def test_blend_memory_does_not_grow_with_the_frames():
     peaks = {}
     for n in (2, 6):
         frames = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(n)]
+        small = np.zeros((n, 3, *shape), np.float32)
         logits = np.zeros((n, *shape), np.float32)
         tracemalloc.start()
-        blend(frames, logits, logits, 0.0, cfg, out_bits=8)
+        blend(frames, small, logits, 0.0, cfg, out_bits=8)
         peaks[n] = tracemalloc.get_traced_memory()[1] / one_map
         tracemalloc.stop()
     assert peaks[2] < 8, peaks

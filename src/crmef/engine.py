@@ -502,10 +502,9 @@ def fill_gaps(frames: Sequence[np.ndarray], small: np.ndarray, max_gap: float) -
     return out, np.stack(stack) if len(stack) > len(small) else small
 
 
-def prior_logits(small: np.ndarray, sigma: float) -> np.ndarray:
-    """Well-exposedness logits ``-(g - 0.5)² / (2σ²)`` of (N, 3, h, w) frames -> (N, h, w)."""
-    g = small_grey(small)
-    return -((g - 0.5) ** 2) / (2 * sigma**2)
+def prior_logits(grey: np.ndarray, sigma: float) -> np.ndarray:
+    """Well-exposedness logits ``-(g - 0.5)² / (2σ²)`` of (N, h, w) grey -> (N, h, w)."""
+    return -((grey - 0.5) ** 2) / (2 * sigma**2)
 
 
 def smooth_weights(logits: np.ndarray, smooth: float) -> np.ndarray:
@@ -647,36 +646,43 @@ def level_shape(h: int, w: int, k: int) -> tuple[int, int]:
     return h, w
 
 
-def tone_contrast(grey: np.ndarray, work: tuple[int, int], level: tuple[int, int], contrast: float) -> np.ndarray:
-    """The contrast term of the tone levels: ``(|∇²g| + ε)^contrast`` of the grey reduced to the
-    work resolution, brought to the size of the first tone level.
+def contrast_measure(grey: np.ndarray, contrast: float, out: np.ndarray | None = None) -> np.ndarray:
+    """Mertens's contrast measure ``(|∇²g| + ε)^contrast`` of an (h, w) float32 grey (4-neighbour
+    Laplacian, borders reflected), into ``out`` when given -> float32 (h, w)."""
+    out = cv2.Laplacian(grey, cv2.CV_32F, dst=out, ksize=1)
+    np.abs(out, out=out)
+    out += np.float32(1e-3)
+    if contrast != 1:
+        cv2.pow(out, contrast, dst=out)
+    return out
+
+
+def tone_contrast(grey: np.ndarray, level: tuple[int, int], contrast: float) -> np.ndarray:
+    """The contrast term of the tone levels: ``(|∇²g| + ε)^contrast`` of a frame's grey at the
+    work resolution (the reduced frame the network sees), brought to the size of the first tone
+    level.
 
     Measured where the network works, not at full resolution: the tone then depends on the scene
     as the network saw it (and as it was trained, on whole images at the work size), not on the
     sharpness or sensor noise of the full-resolution pixels. Measured at full resolution, a
-    resampled frame (an aligned hand-held frame, σ = 0.7 px of blur) lost a third of its
-    contrast, so its share of the tone, and the output's brightness moved by 0.07.
+    resampled frame (an aligned hand-held frame, σ = 0.7 px of blur) lost contrast, so its share
+    of the tone: the output brightened by 0.03 on a real pair, 0.065 on a noisy HDR pair.
 
     Args:
-        grey: (H, W) float32 grey of one frame at full resolution.
-        work: (h, w) the work resolution (the network's maps).
+        grey: (h, w) float32 grey of one reduced frame (:func:`small_grey`).
         level: (h', w') the size of the first tone level (:func:`level_shape`).
         contrast: the exponent ``c``.
 
     Returns:
         float32 (h', w').
     """
-    g = cv2.resize(grey, (work[1], work[0]), interpolation=cv2.INTER_AREA)
-    c = np.abs(cv2.Laplacian(g, cv2.CV_32F, ksize=1))
-    c += np.float32(1e-3)
-    if contrast != 1:
-        c = cv2.pow(c, contrast)
+    c = contrast_measure(grey, contrast)
     while c.shape[0] >= 2 * level[0] and c.shape[1] >= 2 * level[1]:
         c = cv2.pyrDown(c)
     return cv2.resize(c, (level[1], level[0]), interpolation=cv2.INTER_LINEAR)
 
 
-def blend(frames: Sequence[Frame], detail_logits: np.ndarray, tone_logits: np.ndarray, log_gain: float,
+def blend(frames: Sequence[Frame], small: np.ndarray, tone_logits: np.ndarray, log_gain: float,
           cfg: BlendConfig, out_bits: int | None = None) -> np.ndarray:
     """Fuse full-resolution frames with work-resolution logits and gain (steps 2–4 above).
 
@@ -698,7 +704,9 @@ def blend(frames: Sequence[Frame], detail_logits: np.ndarray, tone_logits: np.nd
     Args:
         frames: N (H, W, 3) RGB frames of one size: uint8 / uint16 sRGB codes or float32 in [0, 1],
             or :class:`Reexposed` frames of them (their colour weight goes to their source).
-        detail_logits: (N, h, w) float32 logits of the finest levels (the well-exposedness prior).
+        small: (N, 3, h, w) float32 the frames at the work resolution, as the network saw them
+            (:func:`reduce_frames`, :func:`fill_gaps`): their grey gives the finest levels' prior
+            (:func:`prior_logits`) and the tone levels' contrast (:func:`tone_contrast`).
         tone_logits: (N, h, w) float32 logits of the coarser levels and of the colour mix (the
             network's).
         log_gain: the scene's log2-gain (already bounded).
@@ -714,8 +722,9 @@ def blend(frames: Sequence[Frame], detail_logits: np.ndarray, tone_logits: np.nd
     size = (w_full, h_full)
     n_lev = pyramid_levels(h_full, w_full, cfg.levels_top)
     split = min(cfg.detail_levels, n_lev)
+    work_grey = small_grey(small)
     sw_tone = smooth_weights(tone_logits, cfg.smooth)
-    sw_detail = smooth_weights(detail_logits, cfg.smooth) if split else sw_tone
+    sw_detail = smooth_weights(prior_logits(work_grey, cfg.sigma), cfg.smooth) if split else sw_tone
     # Full-resolution single-channel buffers, allocated once (OpenCV writes into them).
     g = np.empty((h_full, w_full), np.float32)  # the grey of the frame at hand
     con = np.empty_like(g)  # its contrast measure, then its detail weight
@@ -725,12 +734,7 @@ def blend(frames: Sequence[Frame], detail_logits: np.ndarray, tone_logits: np.nd
         """Grey of ``f`` into ``g``, its contrast measure into ``con``, and ``c_i · s_i`` of the
         detail levels (in ``tmp``, or with ``normalise`` in ``con`` divided by the sum over the
         frames); with no detail levels, the contrast alone."""
-        grey_full(f, out=g)
-        cv2.Laplacian(g, cv2.CV_32F, dst=con, ksize=1)
-        np.abs(con, out=con)
-        np.add(con, 1e-3, out=con)
-        if cfg.contrast != 1:
-            cv2.pow(con, cfg.contrast, dst=con)
+        contrast_measure(grey_full(f, out=g), cfg.contrast, out=con)
         if not split:
             return con
         cv2.resize(sw_detail[i], size, dst=tmp, interpolation=cv2.INTER_LINEAR)
@@ -756,7 +760,7 @@ def blend(frames: Sequence[Frame], detail_logits: np.ndarray, tone_logits: np.nd
             wd = detail_weight(i, f, normalise=False)
             if total is not None:
                 total += wd
-        cons_split.append(tone_contrast(g, tone_logits.shape[1:], split_shape, cfg.contrast))
+        cons_split.append(tone_contrast(work_grey[i], split_shape, cfg.contrast))
     hs, ws_ = cons_split[0].shape
     wt = _normalised([cv2.multiply(c, cv2.resize(s, (ws_, hs), interpolation=cv2.INTER_LINEAR))
                       for c, s in zip(cons_split, sw_tone)])
@@ -910,11 +914,11 @@ class ExposureModel:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise InputError(f"{card_path}: not a crmef engine model card ({exc})") from None
 
-    def maps(self, small: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-        """Work-resolution maps of (N, 3, h, w) reduced frames sorted dark to bright: the detail
-        levels' prior logits and the network's tone logits (N, h, w), and the scene's log2-gain."""
+    def maps(self, small: np.ndarray) -> tuple[np.ndarray, float]:
+        """The network on (N, 3, h, w) reduced frames sorted dark to bright: its tone logits
+        (N, h, w) and the scene's log2-gain."""
         logits, gain = self.session.run(None, {"frames": small})
-        return prior_logits(small, self.cfg.sigma), logits[:, 0], float(gain.reshape(-1)[0])
+        return logits[:, 0], float(gain.reshape(-1)[0])
 
     def __call__(self, frames: Sequence[np.ndarray], out_bits: int | None = None) -> np.ndarray:
         """Fuse N ≥ 2 (H, W, 3) frames of one scene (any order; uint8 / uint16 sRGB codes as
@@ -934,8 +938,8 @@ class ExposureModel:
             ordered = align_frames([rgb_rows(f, 0, h) for f in ordered], len(ordered) // 2)
             small = reduce_frames(ordered, shape)
         fused, small = fill_gaps(ordered, small, self.cfg.max_gap)
-        prior, logits, gain = self.maps(small)
-        return blend(fused, prior, logits, gain, self.cfg, out_bits)
+        logits, gain = self.maps(small)
+        return blend(fused, small, logits, gain, self.cfg, out_bits)
 
 
 def fuse_bracket(model: ExposureModel, frames: Sequence[np.ndarray], names: Sequence[str] | None = None,

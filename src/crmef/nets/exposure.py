@@ -172,9 +172,9 @@ def gray_t(x: Tensor) -> Tensor:
     return (x * torch.as_tensor(GRAY, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
 
 
-def prior_logits_t(small: Tensor, sigma: float) -> Tensor:
-    """Well-exposedness logits of (N, 3, h, w) reduced frames -> (N, 1, h, w)."""
-    return -((gray_t(small) - 0.5) ** 2) / (2 * sigma**2)
+def prior_logits_t(grey: Tensor, sigma: float) -> Tensor:
+    """Well-exposedness logits of the (N, 1, h, w) grey of the reduced frames -> (N, 1, h, w)."""
+    return -((grey - 0.5) ** 2) / (2 * sigma**2)
 
 
 def reduce_frames(frames: Tensor, shape: tuple[int, int]) -> Tensor:
@@ -189,22 +189,23 @@ def contrast_t(g: Tensor, contrast: float) -> Tensor:
     return (F.conv2d(F.pad(g, (1, 1, 1, 1), mode="reflect"), lap_k.view(1, 1, 3, 3)).abs() + 1e-3) ** contrast
 
 
-def tone_contrast_t(g: Tensor, work: tuple[int, int], level: tuple[int, int], contrast: float) -> Tensor:
-    """:func:`crmef.engine.tone_contrast` in torch: the contrast of the (N, 1, H, W) grey reduced
-    to the ``work`` resolution, brought to the ``level`` size -> (N, 1, *level)."""
-    c = contrast_t(F.interpolate(g, size=work, mode="area"), contrast)
+def tone_contrast_t(grey: Tensor, level: tuple[int, int], contrast: float) -> Tensor:
+    """:func:`crmef.engine.tone_contrast` in torch: the contrast of the (N, 1, h, w) grey of the
+    reduced frames, brought to the ``level`` size -> (N, 1, *level)."""
+    c = contrast_t(grey, contrast)
     while c.shape[-2] >= 2 * level[0] and c.shape[-1] >= 2 * level[1]:
         c = pyr_down(c)
     return F.interpolate(c, size=level, mode="bilinear", align_corners=False)
 
 
-def blend_torch(frames: Tensor, detail_logits: Tensor, tone_logits: Tensor, log_gain: Tensor,
+def blend_torch(frames: Tensor, small: Tensor, tone_logits: Tensor, log_gain: Tensor,
                 cfg: BlendConfig, real: Tensor | None = None) -> Tensor:
     """:func:`crmef.engine.blend` in torch.
 
     Args:
         frames: (N, 3, H, W) RGB in [0, 1], sorted dark to bright.
-        detail_logits: (N, 1, h, w) logits of the finest ``cfg.detail_levels`` levels.
+        small: (N, 3, h, w) the frames at the work resolution, as the network saw them: their
+            grey gives the finest levels' prior and the tone levels' contrast.
         tone_logits: (N, 1, h, w) logits of the coarser levels and the colour mix.
         log_gain: (1, 1, 1, 1) the scene's log2-gain.
         cfg: the blend settings.
@@ -224,6 +225,7 @@ def blend_torch(frames: Tensor, detail_logits: Tensor, tone_logits: Tensor, log_
 
     g = gray_t(frames)
     con = contrast_t(g, cfg.contrast)
+    small_g = gray_t(small)
 
     def normalised(pw: Tensor) -> Tensor:
         return pw / (pw.sum(0, keepdim=True) + 1e-12)
@@ -232,11 +234,11 @@ def blend_torch(frames: Tensor, detail_logits: Tensor, tone_logits: Tensor, log_
     split = min(cfg.detail_levels, levels)
     tone = smooth(tone_logits)
     up = resized(tone, (hh, ww))  # the colour mix's weights
-    detail = resized(smooth(detail_logits), (hh, ww)) * con
+    detail = resized(smooth(prior_logits_t(small_g, cfg.sigma)), (hh, ww)) * con
     if real is not None:  # re-exposures take no part in the detail levels
         detail = detail * real.view(-1, 1, 1, 1)
     w = normalised(detail) if split else None
-    con_s = tone_contrast_t(g, tuple(tone_logits.shape[-2:]), level_shape(hh, ww, split), cfg.contrast)
+    con_s = tone_contrast_t(small_g, level_shape(hh, ww, split), cfg.contrast)
     wt = normalised(resized(tone, tuple(con_s.shape[-2:])) * con_s)
     cur, acc = g, []
     for k in range(levels):
@@ -312,7 +314,7 @@ def fuse_torch(net: ExposureNet, frames: Tensor, cfg: BlendConfig) -> Tensor:
         real = torch.tensor(reals, dtype=frames.dtype, device=frames.device)
         frames, small = torch.cat(stack), torch.cat(smalls)
     logits, gain = net(small)
-    return blend_torch(frames, prior_logits_t(small, cfg.sigma), logits, gain, cfg, real)
+    return blend_torch(frames, small, logits, gain, cfg, real)
 
 
 def count_flops(net: ExposureNet, n: int, shape: tuple[int, int]) -> float:
