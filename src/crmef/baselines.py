@@ -74,23 +74,24 @@ def _gray8(rgb: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8), cv2.COLOR_RGB2GRAY)
 
 
-def align_to(moving: np.ndarray, target: np.ndarray, preset: int = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
-             max_side: int | None = None) -> np.ndarray:
-    """Warp ``moving`` onto ``target`` with DIS optical flow on brightness-normalised grey images.
+def dis_flow(moving: np.ndarray, target: np.ndarray, preset: int = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
+             max_side: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """DIS optical flow from ``target`` to ``moving`` on brightness-normalised grey images.
 
     The exposures differ, so the grey of ``moving`` is first histogram-matched to the grey of
-    ``target``; the dense flow from target to moving then samples ``moving`` at every target
-    pixel (bilinear, borders replicated).
+    ``target``.
 
     Args:
         moving: float32 (H, W, 3) RGB in [0, 1] (e.g. the under-exposed frame).
         target: float32 (H, W, 3) RGB in [0, 1], same size (e.g. the over-exposed frame).
         preset: OpenCV DIS preset.
         max_side: compute the flow at most this many pixels on the long side (area-reduced
-            grey) and scale it up (the engine's ``aligned`` model: 1600); None: full resolution.
+            grey); None: full resolution.
 
     Returns:
-        float32 (H, W, 3), ``moving`` resampled on ``target``'s pixel grid.
+        ``(flow, g_target)``: (h, w, 2) float32 flow in pixels of the compute resolution
+        (h, w) (``target`` pixel + flow = where it lies in ``moving``), and the target's uint8
+        (h, w) grey.
     """
     moving, target = _check_frames([moving, target], 2)
     h, w = target.shape[:2]
@@ -101,13 +102,48 @@ def align_to(moving: np.ndarray, target: np.ndarray, preset: int = cv2.DISOPTICA
                                                       interpolation=cv2.INTER_AREA))
 
     g_target = grey8(target)
-    g_moving = np.clip(np.round(match_histograms(grey8(moving), g_target)), 0, 255).astype(np.uint8)
-    dis = cv2.DISOpticalFlow_create(preset)
-    flow = dis.calc(g_target, g_moving, None)
-    if s < 1.0:
-        flow = cv2.resize(flow, (w, h), interpolation=cv2.INTER_LINEAR) / s
+    matched = np.clip(np.round(match_histograms(grey8(moving), g_target)), 0, 255).astype(np.uint8)
+    return cv2.DISOpticalFlow_create(preset).calc(g_target, matched, None), g_target
+
+
+def warp(moving: np.ndarray, flow: np.ndarray) -> np.ndarray:
+    """``moving`` sampled at every pixel + ``flow`` (bilinear, borders replicated); a flow
+    computed at a lower resolution is scaled up to ``moving``'s size first.
+
+    Args:
+        moving: float32 (H, W, 3).
+        flow: (h, w, 2) float32 in pixels of its own resolution.
+
+    Returns:
+        float32 (H, W, 3).
+    """
+    h, w = moving.shape[:2]
+    if flow.shape[:2] != (h, w):
+        fh, fw = flow.shape[:2]
+        flow = cv2.resize(flow, (w, h), interpolation=cv2.INTER_LINEAR)
+        flow[..., 0] *= w / fw
+        flow[..., 1] *= h / fh
     gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
     return cv2.remap(moving, gx + flow[..., 0], gy + flow[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def align_to(moving: np.ndarray, target: np.ndarray, preset: int = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
+             max_side: int | None = None) -> np.ndarray:
+    """Warp ``moving`` onto ``target`` with DIS optical flow on brightness-normalised grey images
+    (:func:`dis_flow`, then :func:`warp`): the flow-then-fuse baseline's aligner.
+
+    Args:
+        moving: float32 (H, W, 3) RGB in [0, 1] (e.g. the under-exposed frame).
+        target: float32 (H, W, 3) RGB in [0, 1], same size (e.g. the over-exposed frame).
+        preset: OpenCV DIS preset.
+        max_side: compute the flow at most this many pixels on the long side and scale it up;
+            None: full resolution.
+
+    Returns:
+        float32 (H, W, 3), ``moving`` resampled on ``target``'s pixel grid.
+    """
+    moving, target = _check_frames([moving, target], 2)
+    return warp(moving, dis_flow(moving, target, preset, max_side)[0])
 
 
 def flow_mertens(under: np.ndarray, over: np.ndarray) -> np.ndarray:

@@ -860,17 +860,79 @@ def blend(frames: Sequence[Frame], small: np.ndarray, tone_logits: np.ndarray, l
 # ------------------------------------------------------------------------------- alignment
 
 
+def flow_trust(g_target: np.ndarray) -> np.ndarray:
+    """Where a flow onto ``target`` has evidence: its grey away from black and white (uint8
+    (h, w) in; float32 (h, w) out: 1 over 12..242 of 255, ramping to 0 at 3 and 252). Where the
+    target is clipped it holds no structure to match, and the other frame (which holds it there)
+    would be moved by whatever the flow's smoothing made up."""
+    x = g_target.astype(np.float32)
+    return np.clip(np.minimum((x - 3.0) / 9.0, (252.0 - x) / 10.0), 0.0, 1.0)
+
+
+def robust_flow(moving: np.ndarray, target: np.ndarray, max_side: int = 1600, fill_sigma: float = 16.0,
+                trust_sigma: float = 4.0) -> np.ndarray:
+    """The flow that aligns ``moving`` onto ``target``: DIS flow where the target holds
+    structure, the camera's motion plus the flow's smooth residual where it does not.
+
+    1. DIS flow on histogram-matched grey (:func:`crmef.baselines.dis_flow`), at most
+       ``max_side`` px on the long side.
+    2. A homography fitted with RANSAC (1 px) to the flow at trusted pixels
+       (:func:`flow_trust` = 1; a grid of about 20,000 points): the camera's motion, which
+       holds over the whole frame, clipped regions included.
+    3. The residual flow − homography, filled into untrusted regions by normalised convolution
+       (Gaussian, ``fill_sigma`` px) from trusted ones: smooth local motion (parallax, a lens'
+       distortion) carries over, made-up matches do not.
+    4. ``t · flow + (1 − t) · (homography + filled residual)``, ``t`` the trust blurred by
+       ``trust_sigma`` px.
+
+    With fewer than 50 trusted points (or no homography found) the DIS flow is returned as is.
+
+    Args:
+        moving, target: float32 (H, W, 3) RGB in [0, 1], same size.
+
+    Returns:
+        (h, w, 2) float32 flow at the compute resolution (target pixel + flow = where it lies in
+        ``moving``), for :func:`crmef.baselines.warp`.
+    """
+    from crmef.baselines import dis_flow
+
+    flow, g_t = dis_flow(moving, target, max_side=max_side)
+    h, w = flow.shape[:2]
+    trust = flow_trust(g_t)
+    step = max(1, int(np.sqrt(h * w / 20000)))
+    ys, xs = np.mgrid[step // 2:h:step, step // 2:w:step]
+    keep = trust[ys, xs] >= 1.0
+    if keep.sum() < 50:
+        return flow
+    src = np.stack([xs[keep], ys[keep]], -1).astype(np.float32)
+    hom, _ = cv2.findHomography(src, src + flow[ys[keep], xs[keep]], cv2.RANSAC, 1.0)
+    if hom is None:
+        return flow
+    grid = np.stack(np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32)), -1)
+    camera = cv2.perspectiveTransform(grid.reshape(-1, 1, 2), hom).reshape(h, w, 2) - grid
+    num = cv2.GaussianBlur((flow - camera) * trust[..., None], (0, 0), fill_sigma)
+    den = cv2.GaussianBlur(trust, (0, 0), fill_sigma)[..., None]
+    camera += num / np.maximum(den, 1e-3) * np.minimum(den / 0.05, 1.0)  # no trusted pixel near: camera alone
+    t = cv2.GaussianBlur(trust, (0, 0), trust_sigma)[..., None]
+    return (t * flow + (1.0 - t) * camera).astype(np.float32)
+
+
 def align_frames(frames: Sequence[np.ndarray], ref: int, max_side: int = 1600) -> list[np.ndarray]:
-    """Warp every frame onto frame ``ref`` (hand-held brackets), once, on the whole image, with
-    :func:`crmef.baselines.align_to` (DIS flow on histogram-matched grey, computed at most
-    ``max_side`` px on the long side and scaled up; bilinear warp at full resolution).
+    """Warp every frame onto frame ``ref`` (hand-held brackets), once, on the whole image, by
+    :func:`robust_flow` and a bilinear warp at full resolution.
 
     Returns:
         The N frames on ``ref``'s grid (``frames[ref]`` itself unchanged).
     """
-    from crmef.baselines import align_to
+    from crmef.baselines import warp
 
-    return [f if i == ref else align_to(f, frames[ref], max_side=max_side) for i, f in enumerate(frames)]
+    out = []
+    for i, f in enumerate(frames):
+        if i == ref:
+            out.append(f)
+            continue
+        out.append(warp(f, robust_flow(f, frames[ref], max_side)))
+    return out
 
 
 # ------------------------------------------------------------------------------- the model
