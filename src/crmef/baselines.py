@@ -70,40 +70,28 @@ def mean(frames: Sequence[np.ndarray]) -> np.ndarray:
     return np.clip(np.mean(np.stack(fs), axis=0), 0.0, 1.0).astype(np.float32)
 
 
-def _gray8(rgb: np.ndarray) -> np.ndarray:
+def flow_grey(rgb: np.ndarray, max_side: int | None = None) -> np.ndarray:
+    """The uint8 grey a flow is computed on: ``rgb`` (float32 (H, W, 3) in [0, 1]) area-reduced to
+    at most ``max_side`` px on the long side (None: full resolution) -> (h, w) uint8."""
+    h, w = rgb.shape[:2]
+    s = 1.0 if max_side is None else min(1.0, max_side / max(h, w))
+    if s < 1.0:
+        rgb = cv2.resize(rgb, (max(8, round(w * s)), max(8, round(h * s))), interpolation=cv2.INTER_AREA)
     return cv2.cvtColor(np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8), cv2.COLOR_RGB2GRAY)
 
 
-def dis_flow(moving: np.ndarray, target: np.ndarray, preset: int = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
-             max_side: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """DIS optical flow from ``target`` to ``moving`` on brightness-normalised grey images.
-
-    The exposures differ, so the grey of ``moving`` is first histogram-matched to the grey of
-    ``target``.
-
-    Args:
-        moving: float32 (H, W, 3) RGB in [0, 1] (e.g. the under-exposed frame).
-        target: float32 (H, W, 3) RGB in [0, 1], same size (e.g. the over-exposed frame).
-        preset: OpenCV DIS preset.
-        max_side: compute the flow at most this many pixels on the long side (area-reduced
-            grey); None: full resolution.
+def dis_flow(g_moving: np.ndarray, g_target: np.ndarray,
+             preset: int = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM) -> np.ndarray:
+    """DIS optical flow from ``target`` to ``moving`` on their greys (:func:`flow_grey`, same
+    size). The exposures differ, so the grey of ``moving`` is first histogram-matched to the grey
+    of ``target``.
 
     Returns:
-        ``(flow, g_target)``: (h, w, 2) float32 flow in pixels of the compute resolution
-        (h, w) (``target`` pixel + flow = where it lies in ``moving``), and the target's uint8
-        (h, w) grey.
+        (h, w, 2) float32 flow in pixels of the greys' resolution: ``target`` pixel + flow = where
+        it lies in ``moving``.
     """
-    moving, target = _check_frames([moving, target], 2)
-    h, w = target.shape[:2]
-    s = 1.0 if max_side is None else min(1.0, max_side / max(h, w))
-
-    def grey8(rgb: np.ndarray) -> np.ndarray:
-        return _gray8(rgb if s == 1.0 else cv2.resize(rgb, (max(8, round(w * s)), max(8, round(h * s))),
-                                                      interpolation=cv2.INTER_AREA))
-
-    g_target = grey8(target)
-    matched = np.clip(np.round(match_histograms(grey8(moving), g_target)), 0, 255).astype(np.uint8)
-    return cv2.DISOpticalFlow_create(preset).calc(g_target, matched, None), g_target
+    matched = np.clip(np.round(match_histograms(g_moving, g_target)), 0, 255).astype(np.uint8)
+    return cv2.DISOpticalFlow_create(preset).calc(g_target, matched, None)
 
 
 def warp(moving: np.ndarray, flow: np.ndarray) -> np.ndarray:
@@ -112,19 +100,22 @@ def warp(moving: np.ndarray, flow: np.ndarray) -> np.ndarray:
 
     Args:
         moving: float32 (H, W, 3).
-        flow: (h, w, 2) float32 in pixels of its own resolution.
+        flow: (h, w, 2) float32 in pixels of its own resolution (not modified).
 
     Returns:
         float32 (H, W, 3).
     """
     h, w = moving.shape[:2]
-    if flow.shape[:2] != (h, w):
-        fh, fw = flow.shape[:2]
-        flow = cv2.resize(flow, (w, h), interpolation=cv2.INTER_LINEAR)
-        flow[..., 0] *= w / fw
-        flow[..., 1] *= h / fh
-    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-    return cv2.remap(moving, gx + flow[..., 0], gy + flow[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    fh, fw = flow.shape[:2]
+    if (fh, fw) != (h, w):
+        pos = cv2.resize(flow, (w, h), interpolation=cv2.INTER_LINEAR)
+        pos[..., 0] *= w / fw
+        pos[..., 1] *= h / fh
+    else:
+        pos = flow.astype(np.float32, copy=True)
+    pos[..., 0] += np.arange(w, dtype=np.float32)  # flow + pixel grid: where to sample, in place
+    pos[..., 1] += np.arange(h, dtype=np.float32)[:, None]
+    return cv2.remap(moving, pos, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
 def align_to(moving: np.ndarray, target: np.ndarray, preset: int = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
@@ -143,7 +134,7 @@ def align_to(moving: np.ndarray, target: np.ndarray, preset: int = cv2.DISOPTICA
         float32 (H, W, 3), ``moving`` resampled on ``target``'s pixel grid.
     """
     moving, target = _check_frames([moving, target], 2)
-    return warp(moving, dis_flow(moving, target, preset, max_side)[0])
+    return warp(moving, dis_flow(flow_grey(moving, max_side), flow_grey(target, max_side), preset))
 
 
 def flow_mertens(under: np.ndarray, over: np.ndarray) -> np.ndarray:

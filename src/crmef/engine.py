@@ -869,13 +869,12 @@ def flow_trust(g_target: np.ndarray) -> np.ndarray:
     return np.clip(np.minimum((x - 3.0) / 9.0, (252.0 - x) / 10.0), 0.0, 1.0)
 
 
-def robust_flow(moving: np.ndarray, target: np.ndarray, max_side: int = 1600, fill_sigma: float = 16.0,
+def robust_flow(g_moving: np.ndarray, g_target: np.ndarray, fill_sigma: float = 16.0,
                 trust_sigma: float = 4.0) -> np.ndarray:
     """The flow that aligns ``moving`` onto ``target``: DIS flow where the target holds
     structure, the camera's motion plus the flow's smooth residual where it does not.
 
-    1. DIS flow on histogram-matched grey (:func:`crmef.baselines.dis_flow`), at most
-       ``max_side`` px on the long side.
+    1. DIS flow on histogram-matched grey (:func:`crmef.baselines.dis_flow`).
     2. A homography fitted with RANSAC (1 px) to the flow at trusted pixels
        (:func:`flow_trust` = 1; a grid of about 20,000 points): the camera's motion, which
        holds over the whole frame, clipped regions included.
@@ -888,17 +887,17 @@ def robust_flow(moving: np.ndarray, target: np.ndarray, max_side: int = 1600, fi
     With fewer than 50 trusted points (or no homography found) the DIS flow is returned as is.
 
     Args:
-        moving, target: float32 (H, W, 3) RGB in [0, 1], same size.
+        g_moving, g_target: (h, w) uint8 greys of the two frames (:func:`crmef.baselines.flow_grey`).
 
     Returns:
-        (h, w, 2) float32 flow at the compute resolution (target pixel + flow = where it lies in
+        (h, w, 2) float32 flow at the greys' resolution (target pixel + flow = where it lies in
         ``moving``), for :func:`crmef.baselines.warp`.
     """
     from crmef.baselines import dis_flow
 
-    flow, g_t = dis_flow(moving, target, max_side=max_side)
+    flow = dis_flow(g_moving, g_target)
     h, w = flow.shape[:2]
-    trust = flow_trust(g_t)
+    trust = flow_trust(g_target)
     step = max(1, int(np.sqrt(h * w / 20000)))
     ys, xs = np.mgrid[step // 2:h:step, step // 2:w:step]
     keep = trust[ys, xs] >= 1.0
@@ -919,20 +918,16 @@ def robust_flow(moving: np.ndarray, target: np.ndarray, max_side: int = 1600, fi
 
 def align_frames(frames: Sequence[np.ndarray], ref: int, max_side: int = 1600) -> list[np.ndarray]:
     """Warp every frame onto frame ``ref`` (hand-held brackets), once, on the whole image, by
-    :func:`robust_flow` and a bilinear warp at full resolution.
+    :func:`robust_flow` on greys at most ``max_side`` px on the long side (the reference's grey
+    made once) and a bilinear warp at full resolution.
 
     Returns:
         The N frames on ``ref``'s grid (``frames[ref]`` itself unchanged).
     """
-    from crmef.baselines import warp
+    from crmef.baselines import flow_grey, warp
 
-    out = []
-    for i, f in enumerate(frames):
-        if i == ref:
-            out.append(f)
-            continue
-        out.append(warp(f, robust_flow(f, frames[ref], max_side)))
-    return out
+    g_ref = flow_grey(frames[ref], max_side)  # once, whatever N
+    return [f if i == ref else warp(f, robust_flow(flow_grey(f, max_side), g_ref)) for i, f in enumerate(frames)]
 
 
 # ------------------------------------------------------------------------------- the model
