@@ -423,6 +423,27 @@ def test_ship_writes_cards_with_blend_settings_chosen_after_training(tmp_path):
         ship(run, out, ["nonsense=1"])
 
 
+def test_search_uses_the_given_latency_table_whatever_the_machine(tmp_path):
+    """A search given a latency table reads it instead of measuring (so it can be repeated on any
+    machine: given one table the search is deterministic), keeps a copy beside its output, and
+    refuses a table that lacks a candidate, naming the file."""
+    from crmef.errors import InputError
+    from crmef.exposure_train import REFERENCE_LATENCY, ExposureTrainConfig, latency_table
+    from crmef.latency import LatencyTable
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = ExposureTrainConfig(latency=str(root / REFERENCE_LATENCY))
+    net = ExposureNet(cfg.channels, [cfg.candidates] * 3)
+    table, shape = latency_table(net, cfg, tmp_path)
+    shipped = LatencyTable.load(root / REFERENCE_LATENCY)
+    assert table.entries == shipped.entries and table.meta == shipped.meta  # read, not measured
+    assert LatencyTable.load(tmp_path / "latency.json").entries == shipped.entries
+    partial = LatencyTable(meta=dict(shipped.meta), entries=dict(list(shipped.entries.items())[:3]))
+    partial.save(tmp_path / "partial.json")
+    with pytest.raises(InputError, match="partial.json"):
+        latency_table(net, ExposureTrainConfig(latency=str(tmp_path / "partial.json")), tmp_path / "x")
+
+
 def test_torch_pyramid_ops_equal_opencv_at_every_size():
     """The training twin's pyr_down / pyr_up equal cv2's on odd and 1-2 px sizes too (the top of
     a full-depth pyramid decides the global tone; cropping before filtering once cost 0.03 of grey)."""

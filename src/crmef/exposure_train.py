@@ -41,6 +41,9 @@ from crmef.nets.exposure import ExposureNet, fuse_torch, gray_t
 from crmef.space import CONV_OPS
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
+REFERENCE_LATENCY = "configs/latency/exposure_cpu.json"
+"""A latency table of the reference 2-core CPU (repository-relative), measured by the search
+stage on 2026-12-03: ``--set latency=`` this file makes a search repeatable anywhere."""
 
 
 @dataclass
@@ -61,6 +64,7 @@ class ExposureTrainConfig:
     lambda_mef: float = 1.0
     hdr_samples: int = 24
     seed: int = 0
+    latency: str = ""
     blend: BlendConfig = field(default_factory=BlendConfig)
 
 
@@ -187,11 +191,31 @@ def photo_work_shape(blend: BlendConfig) -> tuple[int, int]:
 
 
 def latency_table(net: ExposureNet, cfg: ExposureTrainConfig, out: Path, frames: int = 3):
-    """The CPU look-up table of every candidate at the work resolution (batch = ``frames``)."""
-    from crmef.latency import ensure_table, slot_sigs
+    """The CPU look-up table of every candidate at the work resolution (batch = ``frames``).
+
+    With ``cfg.latency`` (a table file, as :meth:`crmef.latency.LatencyTable.save` writes it) the
+    search uses that table whatever machine it runs on, and keeps a copy in ``out``: given one
+    table the search is deterministic, so a search with the reference CPU's table
+    (:data:`REFERENCE_LATENCY`) is repeatable from a clean checkout. Without it the table is
+    measured on this machine (cached in ``out/latency.json``): a search for the machine at hand,
+    whose measurements vary from run to run by more than the candidates' α differ after a short
+    search (docs/training.md, sixth round).
+    """
+    from crmef.errors import InputError
+    from crmef.latency import LatencyTable, ensure_table, slot_sigs
 
     shape = photo_work_shape(cfg.blend)
     sigs = {s.key: s for _, ch in net.choices() for s in slot_sigs(ch, shape)}
+    if cfg.latency:
+        table = LatencyTable.load(cfg.latency)
+        missing = table.covers(sigs.values(), batch=frames)
+        if missing:
+            raise InputError(f"{cfg.latency}: latency table lacks {len(missing)} of the candidates' entries "
+                             f"(first: {missing[0].key}; batch {frames})")
+        _log(out, f"latency table {cfg.latency} (measured on {table.meta.get('device_name')}, "
+                  f"torch {table.meta.get('torch')}, {table.meta.get('threads')} threads)")
+        table.save(out / "latency.json")
+        return table, shape
     table = ensure_table(out / "latency.json", list(sigs.values()), "cpu", batch=frames, runs=30, warmup=3,
                          log=lambda t: _log(out, t))
     return table, shape
