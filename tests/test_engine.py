@@ -434,7 +434,7 @@ def test_search_uses_the_given_latency_table_whatever_the_machine(tmp_path):
     root = Path(__file__).resolve().parents[1]
     cfg = ExposureTrainConfig(latency=str(root / REFERENCE_LATENCY))
     net = ExposureNet(cfg.channels, [cfg.candidates] * 3)
-    table, shape = latency_table(net, cfg, tmp_path)
+    table, _ = latency_table(net, cfg, tmp_path)
     shipped = LatencyTable.load(root / REFERENCE_LATENCY)
     assert table.entries == shipped.entries and table.meta == shipped.meta  # read, not measured
     assert LatencyTable.load(tmp_path / "latency.json").entries == shipped.entries
@@ -442,6 +442,15 @@ def test_search_uses_the_given_latency_table_whatever_the_machine(tmp_path):
     partial.save(tmp_path / "partial.json")
     with pytest.raises(InputError, match="partial.json"):
         latency_table(net, ExposureTrainConfig(latency=str(tmp_path / "partial.json")), tmp_path / "x")
+    other = LatencyTable(meta={**shipped.meta, "batch": 16}, entries=shipped.entries)
+    other.save(tmp_path / "batch16.json")
+    with pytest.raises(InputError, match="batch 16"):
+        latency_table(net, ExposureTrainConfig(latency=str(tmp_path / "batch16.json")), tmp_path / "x")
+    # on the command line: one line naming the file, exit 2
+    from crmef.exposure_train import main
+
+    assert main(["search", "--out", str(tmp_path / "s"), "--set", f"latency={tmp_path / 'missing.json'}",
+                 "--set", "hdr_samples=0", "--set", "steps=1"]) == 2
 
 
 def test_torch_pyramid_ops_equal_opencv_at_every_size():

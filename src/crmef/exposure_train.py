@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 
 from crmef.engine import BlendConfig, select_frames, work_shape
+from crmef.errors import InputError
+from crmef.latency import LatencyTable
 from crmef.nets.exposure import ExposureNet, fuse_torch, gray_t
 from crmef.space import CONV_OPS
 
@@ -190,28 +192,32 @@ def photo_work_shape(blend: BlendConfig) -> tuple[int, int]:
     return work_shape(2000, 3000, blend.work_size)
 
 
-def latency_table(net: ExposureNet, cfg: ExposureTrainConfig, out: Path, frames: int = 3):
+def latency_table(net: ExposureNet, cfg: ExposureTrainConfig, out: Path, frames: int = 3,
+                  given: LatencyTable | None = None):
     """The CPU look-up table of every candidate at the work resolution (batch = ``frames``).
 
     With ``cfg.latency`` (a table file, as :meth:`crmef.latency.LatencyTable.save` writes it) the
-    search uses that table whatever machine it runs on, and keeps a copy in ``out``: given one
+    search uses that table whatever machine it runs on (``given``: the file already read), and
+    keeps a copy in ``out``: given one
     table the search is deterministic, so a search with the reference CPU's table
     (:data:`REFERENCE_LATENCY`) is repeatable from a clean checkout. Without it the table is
     measured on this machine (cached in ``out/latency.json``): a search for the machine at hand,
     whose measurements vary from run to run by more than the candidates' α differ after a short
     search (docs/training.md, sixth round).
     """
-    from crmef.errors import InputError
-    from crmef.latency import LatencyTable, ensure_table, slot_sigs
+    from crmef.latency import ensure_table, slot_sigs
 
     shape = photo_work_shape(cfg.blend)
     sigs = {s.key: s for _, ch in net.choices() for s in slot_sigs(ch, shape)}
     if cfg.latency:
-        table = LatencyTable.load(cfg.latency)
-        missing = table.covers(sigs.values(), batch=frames)
+        table = given if given is not None else LatencyTable.load(cfg.latency)
+        if table.meta.get("batch") != frames:
+            raise InputError(f"{cfg.latency}: latency table measured at batch {table.meta.get('batch')}, "
+                             f"the search needs batch {frames}")
+        missing = table.covers(sigs.values())
         if missing:
             raise InputError(f"{cfg.latency}: latency table lacks {len(missing)} of the candidates' entries "
-                             f"(first: {missing[0].key}; batch {frames})")
+                             f"(first: {missing[0].key})")
         _log(out, f"latency table {cfg.latency} (measured on {table.meta.get('device_name')}, "
                   f"torch {table.meta.get('torch')}, {table.meta.get('threads')} threads)")
         table.save(out / "latency.json")
@@ -228,6 +234,7 @@ def run(stage: str, cfg: ExposureTrainConfig, out: Path, genotype: list[str] | N
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     torch.set_num_threads(max(1, torch.get_num_threads()))
+    given = LatencyTable.load(cfg.latency) if stage == "search" and cfg.latency else None  # a bad file fails here
     scenes = load_scenes("train", cfg.train_size, cfg.hdr_samples, cfg.seed)
     _log(out, f"{stage}: {len(scenes)} training scenes at {cfg.train_size} px")
     if stage == "search":
@@ -238,7 +245,7 @@ def run(stage: str, cfg: ExposureTrainConfig, out: Path, genotype: list[str] | N
         train_idx, arch_idx = order[:cut], order[cut:]
         from crmef.latency import ExpectedLatency
 
-        table, shape = latency_table(net, cfg, out)
+        table, shape = latency_table(net, cfg, out, given=given)
         expected = ExpectedLatency(net, table, shape)
         arch_opt = torch.optim.Adam(net.arch_parameters(), lr=cfg.arch_lr, betas=(0.5, 0.999))
     else:
@@ -438,7 +445,11 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"--set {item}: unknown or structured field {key!r} (blend settings: blend.<field>)")
         setattr(cfg, key, type(getattr(cfg, key))(value))
     genotype = json.loads(args.genotype.read_text()) if args.genotype else None
-    run(args.stage, cfg, args.out, genotype, args.resume, overrides=args.set)
+    try:
+        run(args.stage, cfg, args.out, genotype, args.resume, overrides=args.set)
+    except InputError as exc:  # a bad file named on the command line: one line, exit 2
+        print(f"crmef.exposure_train: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
