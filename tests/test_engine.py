@@ -337,7 +337,8 @@ def test_row_upsampler_equals_cv2_resize():
 
 def test_blend_memory_does_not_grow_with_the_frames():
     """Beyond its inputs the engine holds a few single-channel maps, whatever N (a float copy of
-    each frame alone would be 3 maps per frame)."""
+    each frame alone would be 3 maps per frame): about eight, one of them the grey the detail
+    repletion added, which the colour step needs to keep it within each colour's gamut."""
     import tracemalloc
 
     rng = np.random.default_rng(0)
@@ -354,7 +355,7 @@ def test_blend_memory_does_not_grow_with_the_frames():
         blend(frames, small, logits, 0.0, cfg, out_bits=8)
         peaks[n] = tracemalloc.get_traced_memory()[1] / one_map
         tracemalloc.stop()
-    assert peaks[2] < 8, peaks
+    assert peaks[2] < 9, peaks
     assert peaks[6] - peaks[2] < 1.5, peaks  # work-resolution maps only
 
 

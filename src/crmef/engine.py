@@ -26,7 +26,10 @@ How one output pixel is made (``frames`` sorted dark to bright, RGB in [0, 1]):
    frames (:func:`tone_contrast`): the tone does not move with pixel-level sharpness or noise (a
    resampled hand-held frame), nor with the image size.
 3. **Structure.** The pyramid blend of the frames' grey images (MATLAB ``rgb2gray``, as
-   MEF-SSIM sees them): the output's grey ``Y``.
+   MEF-SSIM sees them): the output's grey ``Y``. A weighted mean of frames whose details differ
+   in strength weakens them, so on the finest :data:`REPLETE_LEVELS` levels each band is
+   scaled back up towards the local energy of the strongest real frame's band there
+   (:func:`replete`: by at most 2×, never down, never past black or white).
 4. **Colour.** Each frame brings its unit-luminance colour ``lin(I_i) / lin(g_i)`` (its
    chromaticity, whatever its exposure), weighted by its smooth weight × its colour confidence
    (:func:`colour_confidence`: none where it is near black or a channel is clipped):
@@ -37,12 +40,13 @@ How one output pixel is made (``frames`` sorted dark to bright, RGB in [0, 1]):
    (the palest colour the sources hold there) just enough to fit, then any channel still above
    1 scales the pixel down whole. Every output pixel is a positive multiple of a positive mix of
    its sources in linear light, so its chromaticity lies in the convex hull of theirs: the
-   engine cannot invent colour. Last, each pixel is scaled so that the grey of its sRGB codes is
+   engine cannot invent colour. The repletion brightens a pixel only up to the grey at which
+   its colour reaches white (past it the added detail would be paled or clipped). Last, each pixel is scaled so that the grey of its sRGB codes is
    the blended grey (:func:`match_grey`): the structure reaches the output as blended.
 
 Frames are read as decoded (uint8 / uint16 codes, or float32) band by band of rows; no float
 copy of a whole frame is made, and one frame's pyramid is alive at a time (:func:`blend`): a
-12 MP pair needs under 0.5 GB, whatever N about seven full-resolution float32 maps.
+12 MP pair needs under 0.5 GB, whatever N about eight full-resolution float32 maps.
 """
 
 from __future__ import annotations
@@ -682,6 +686,61 @@ def tone_contrast(grey: np.ndarray, level: tuple[int, int], contrast: float) -> 
     return cv2.resize(c, (level[1], level[0]), interpolation=cv2.INTER_LINEAR)
 
 
+REPLETE_LEVELS = 5
+"""Detail repletion covers the finest levels of the pyramid (structure up to ~32 px: what the
+11 px windows of MEF-SSIM's three scales see)."""
+REPLETE_SIGMA, REPLETE_MAX, REPLETE_EPS = 2.0, 2.0, 1e-6
+"""Its local window (Gaussian σ in px of the level), largest gain, and the energy floor (grey²)
+below which a band counts as flat."""
+
+
+def band_energy(band: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Local energy of one Laplacian band, ``G_σ(band²)`` (σ = :data:`REPLETE_SIGMA` px), float32,
+    same shape (into ``out`` when given)."""
+    e = cv2.multiply(band, band, dst=out)
+    return cv2.GaussianBlur(e, (0, 0), REPLETE_SIGMA, dst=e, borderType=cv2.BORDER_REFLECT_101)
+
+
+def replete(band: np.ndarray, source_energy: np.ndarray, base: np.ndarray) -> np.ndarray:
+    """Detail repletion of one output band, in place: where the blend's band holds less local
+    energy than the strongest real frame's band at that place (weighted averaging of frames
+    whose details differ in strength weakens them), it is scaled up towards that frame's, by at
+    most :data:`REPLETE_MAX`, never down, and never past the range: where the band pushes the
+    grey towards white (black), it grows only as far as ``base`` leaves room below 1 (above 0).
+
+    Args:
+        band: (h, w) float32 Laplacian band of the output's grey (scaled in place).
+        source_energy: (h, w) float32 the largest :func:`band_energy` of the real frames' bands
+            (overwritten).
+        base: (h, w) float32 the output's grey of the coarser levels, up-sampled to this one
+            (what the band is added to).
+
+    Returns:
+        (h, w) float32 what the repletion added to the band (the colour step keeps a colour's
+        brightening within its gamut, :func:`blend`).
+    """
+    gain = source_energy  # computed in its buffer
+    e = band_energy(band)
+    e += np.float32(REPLETE_EPS)
+    gain += np.float32(REPLETE_EPS)
+    np.divide(gain, e, out=gain)
+    cv2.sqrt(gain, dst=gain)
+    np.minimum(gain, np.float32(REPLETE_MAX), out=gain)
+    room = np.subtract(np.float32(1.0), base, out=e)  # room to white, to black where band < 0
+    np.copyto(room, base, where=band < 0)
+    np.maximum(room, 0.0, out=room)
+    mag = np.abs(band)
+    np.maximum(mag, np.float32(1e-12), out=mag)
+    np.divide(room, mag, out=room)
+    del mag
+    np.minimum(gain, room, out=gain)
+    np.maximum(gain, 1.0, out=gain)
+    gain -= np.float32(1.0)
+    added = cv2.multiply(band, gain, dst=e)
+    band += added
+    return added
+
+
 def blend(frames: Sequence[Frame], small: np.ndarray, tone_logits: np.ndarray, log_gain: float,
           cfg: BlendConfig, out_bits: int | None = None) -> np.ndarray:
     """Fuse full-resolution frames with work-resolution logits and gain (steps 2–4 above).
@@ -698,8 +757,9 @@ def blend(frames: Sequence[Frame], small: np.ndarray, tone_logits: np.ndarray, l
     full-resolution map), a second adds each frame's weighted Laplacian pyramid into the
     output's (one frame's pyramid at a time; its grey and contrast are recomputed from the
     codes rather than kept), and the colour is made band by band of rows into the output
-    array. Besides the frames and the output, about seven single-channel full-resolution
-    float32 maps are alive at the peak.
+    array. Besides the frames and the output, about eight single-channel full-resolution
+    float32 maps are alive at the peak (one of them the grey the repletion added, which the
+    colour step reads).
 
     Args:
         frames: N (H, W, 3) RGB frames of one size: uint8 / uint16 sRGB codes or float32 in [0, 1],
@@ -770,6 +830,9 @@ def blend(frames: Sequence[Frame], small: np.ndarray, tone_logits: np.ndarray, l
     # Pass 2: each frame's grey Laplacian pyramid, weighted, added into the output pyramid (its
     # finest level in a zeroed buffer, the pyrUp of each level written into ``tmp``).
     out_pyr: list[np.ndarray | None] = [None] * (n_lev + 1)
+    n_rep = min(REPLETE_LEVELS, n_lev)
+    energy: list[np.ndarray | None] = [None] * n_rep  # the real frames' largest band energy
+    reexposed = {i for i, f in enumerate(frames) if isinstance(f, Reexposed)}
     for i, f in enumerate(frames):
         if i in grey_split:
             first, cur, w = split, grey_split.pop(i), wt[i]
@@ -783,6 +846,14 @@ def blend(frames: Sequence[Frame], small: np.ndarray, tone_logits: np.ndarray, l
                 down = cv2.pyrDown(cur)
                 term = cv2.pyrUp(down, dst=tmp if k == 0 else None, dstsize=cur.shape[1::-1])
                 np.subtract(cur, term, out=term)
+                if k < n_rep and i not in reexposed:
+                    # cur is spent once down is made: the finest level's energy goes into it
+                    e = band_energy(term, out=cur if k == 0 else None)
+                    if energy[k] is None:
+                        energy[k] = e.copy() if e is cur else e
+                    else:
+                        np.maximum(energy[k], e, out=energy[k])
+                    del e
                 term *= w
             else:
                 term = cur * w
@@ -798,10 +869,20 @@ def blend(frames: Sequence[Frame], small: np.ndarray, tone_logits: np.ndarray, l
     del g, con, total, wt
     y = out_pyr.pop()
     assert y is not None
+    added_y = None  # the grey the repletion added (its levels collapsed alone)
     while out_pyr:
         lap = out_pyr.pop()
         assert lap is not None
         y = cv2.pyrUp(y, dst=tmp if not out_pyr else None, dstsize=lap.shape[1::-1])
+        if len(out_pyr) < n_rep:
+            src_e = energy.pop()
+            assert src_e is not None
+            added = replete(lap, src_e, y)
+            del src_e
+            if added_y is not None:
+                cv2.add(cv2.pyrUp(added_y, dstsize=lap.shape[1::-1]), added, dst=added)
+            added_y = added
+            del added
         lap += y
         y = lap
     del lap, tmp
@@ -839,10 +920,29 @@ def blend(frames: Sequence[Frame], small: np.ndarray, tone_logits: np.ndarray, l
                 pale += weighted
                 pale_lum += w
         assert mix is not None and conf_sum is not None and pale is not None and pale_lum is not None
-        target = srgb_to_linear(y[r0:r1])
+        mix /= np.maximum(conf_sum, 1e-6)[..., None]  # the unit-luminance colour
+        top = cv2.reduce(mix.reshape(-1, 3), 1, cv2.REDUCE_MAX).reshape(conf_sum.shape)
+        yb = y[r0:r1]
+        if added_y is not None:
+            # The repletion brightens a pixel only up to the grey at which its colour reaches
+            # white; past it, the added detail would be paled or clipped away.
+            c = top * gain
+            np.maximum(c, np.float32(1e-6), out=c)
+            np.divide(np.float32(1.0), c, out=c)
+            np.minimum(c, np.float32(1.0), out=c)
+            c = _encode(c)  # the grey at which the colour reaches white
+            add = added_y[r0:r1]
+            np.subtract(c, yb, out=c)
+            c += add  # the room above the unrepleted grey
+            np.maximum(c, 0.0, out=c)
+            np.subtract(add, c, out=c)  # the brightening past white (never more than was added)
+            np.maximum(c, 0.0, out=c)
+            np.subtract(yb, c, out=yb)
+            del c
+        target = srgb_to_linear(yb)
         target *= gain
-        mix *= (target / np.maximum(conf_sum, 1e-6))[..., None]
-        top = cv2.reduce(mix.reshape(-1, 3), 1, cv2.REDUCE_MAX).reshape(target.shape)
+        mix *= target[..., None]
+        top *= target
         over = top > 1.0
         if over.any():
             u = mix[over]

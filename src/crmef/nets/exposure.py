@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from crmef.engine import CLIP_AT, CLIP_RAMP, COLOUR_FLOOR, GRAY, TRUST_FROM, TRUST_RAMP, BlendConfig, level_shape, pyramid_levels
+from crmef.engine import (CLIP_AT, CLIP_RAMP, COLOUR_FLOOR, GRAY, REPLETE_EPS, REPLETE_LEVELS, REPLETE_MAX, REPLETE_SIGMA, TRUST_FROM,
+                          TRUST_RAMP, BlendConfig, level_shape, pyramid_levels)
 from crmef.space import Choice
 
 EXPOSURE_SLOTS = 3
@@ -150,7 +151,11 @@ def gaussian_blur(x: Tensor, sigma: float) -> Tensor:
     t = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
     k = torch.exp(-(t**2) / (2 * sigma**2))
     k = k / k.sum()
-    x = F.pad(x, (r, r, r, r), mode="reflect")
+    h, w = x.shape[-2:]
+    if min(h, w) > r:
+        x = F.pad(x, (r, r, r, r), mode="reflect")
+    else:  # a level smaller than the kernel: reflected as OpenCV does, however often
+        x = x.index_select(-2, _reflect101(h, r, x.device)).index_select(-1, _reflect101(w, r, x.device))
     x = F.conv2d(x, k.view(1, 1, 1, -1))
     return F.conv2d(x, k.view(1, 1, -1, 1))
 
@@ -240,24 +245,47 @@ def blend_torch(frames: Tensor, small: Tensor, tone_logits: Tensor, log_gain: Te
     w = normalised(detail) if split else None
     con_s = tone_contrast_t(small_g, level_shape(hh, ww, split), cfg.contrast)
     wt = normalised(resized(tone, tuple(con_s.shape[-2:])) * con_s)
-    cur, acc = g, []
+    cur, acc, energy = g, [], []
+    n_rep = min(REPLETE_LEVELS, levels)
     for k in range(levels):
         if k == split:
             w = wt
         down = pyr_down(cur)
-        acc.append(((cur - pyr_up(down, cur.shape[-2:])) * w).sum(0, keepdim=True))
+        band = cur - pyr_up(down, cur.shape[-2:])
+        out_band = (band * w).sum(0, keepdim=True)
+        if k < n_rep:  # the real frames' strongest band energy, for the detail repletion
+            e = gaussian_blur(band * band, REPLETE_SIGMA)
+            if real is not None:
+                e = e * real.view(-1, 1, 1, 1)
+            energy.append(e.amax(0, keepdim=True))
+        acc.append(out_band)
         cur, w = down, pyr_down(w)
     if split >= levels:
         w = wt
     y = (cur * w).sum(0, keepdim=True)
+    added_y = None  # the grey the repletion added
     for k in range(levels - 1, -1, -1):
-        y = pyr_up(y, acc[k].shape[-2:]) + acc[k]
+        base, band = pyr_up(y, acc[k].shape[-2:]), acc[k]
+        if k < n_rep:  # detail repletion (crmef.engine.replete)
+            e_out = gaussian_blur(band * band, REPLETE_SIGMA)
+            gain = ((energy[k] + REPLETE_EPS) / (e_out + REPLETE_EPS)).sqrt().clamp(max=REPLETE_MAX)
+            room = torch.where(band < 0, base, 1.0 - base).clamp(min=0.0)
+            gain = torch.minimum(gain, room / band.abs().clamp(min=1e-12)).clamp(min=1.0)
+            added = band * (gain - 1.0)
+            band = band + added
+            added_y = added if added_y is None else pyr_up(added_y, added.shape[-2:]) + added
+        y = base + band
     if real is not None:  # nor in the colour mix
         up = up * real.view(-1, 1, 1, 1)
     lin, lg = srgb_to_linear_t(frames), srgb_to_linear_t(g)
     conf = colour_confidence_t(frames, g) * up
     mix = (lin / lg.clamp(min=1e-6) * conf).sum(0, keepdim=True) / conf.sum(0, keepdim=True).clamp(min=1e-6)
     pale = (lin * up).sum(0, keepdim=True) / (lg * up).sum(0, keepdim=True).clamp(min=1e-6)
+    if added_y is not None:  # the repletion brightens a colour only up to white (crmef.engine.blend)
+        top = mix.amax(dim=1, keepdim=True)
+        ceiling = linear_to_srgb_t(1.0 / (top * torch.exp2(log_gain)).clamp(min=1e-6))
+        room = (ceiling - y + added_y).clamp(min=0.0)
+        y = y - (added_y - room).clamp(min=0.0)
     target = srgb_to_linear_t(y.clamp(0, 1)) * torch.exp2(log_gain)
     u, o = mix * target, pale * target
     over = u.amax(dim=1, keepdim=True) > 1.0
