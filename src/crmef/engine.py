@@ -694,11 +694,12 @@ REPLETE_SIGMA, REPLETE_MAX, REPLETE_EPS = 2.0, 2.0, 1e-6
 below which a band counts as flat."""
 
 
-def band_energy(band: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+def band_energy(band: np.ndarray, square: np.ndarray | None = None, out: np.ndarray | None = None) -> np.ndarray:
     """Local energy of one Laplacian band, ``G_σ(band²)`` (σ = :data:`REPLETE_SIGMA` px), float32,
-    same shape (into ``out`` when given)."""
-    e = cv2.multiply(band, band, dst=out)
-    return cv2.GaussianBlur(e, (0, 0), REPLETE_SIGMA, dst=e, borderType=cv2.BORDER_REFLECT_101)
+    same shape. ``square`` (for ``band²``) and ``out`` are optional buffers; they must differ (an
+    in-place Gaussian blur costs OpenCV three times the time)."""
+    sq = cv2.multiply(band, band, dst=square)
+    return cv2.GaussianBlur(sq, (0, 0), REPLETE_SIGMA, dst=out, borderType=cv2.BORDER_REFLECT_101)
 
 
 def replete(band: np.ndarray, source_energy: np.ndarray, base: np.ndarray) -> np.ndarray:
@@ -719,26 +720,30 @@ def replete(band: np.ndarray, source_energy: np.ndarray, base: np.ndarray) -> np
         (h, w) float32 what the repletion added to the band (the colour step keeps a colour's
         brightening within its gamut, :func:`blend`).
     """
-    gain = source_energy  # computed in its buffer
-    e = band_energy(band)
-    e += np.float32(REPLETE_EPS)
-    gain += np.float32(REPLETE_EPS)
-    np.divide(gain, e, out=gain)
-    cv2.sqrt(gain, dst=gain)
-    np.minimum(gain, np.float32(REPLETE_MAX), out=gain)
-    room = np.subtract(np.float32(1.0), base, out=e)  # room to white, to black where band < 0
-    np.copyto(room, base, where=band < 0)
-    np.maximum(room, 0.0, out=room)
-    mag = np.abs(band)
-    np.maximum(mag, np.float32(1e-12), out=mag)
-    np.divide(room, mag, out=room)
-    del mag
-    np.minimum(gain, room, out=gain)
-    np.maximum(gain, 1.0, out=gain)
-    gain -= np.float32(1.0)
-    added = cv2.multiply(band, gain, dst=e)
-    band += added
-    return added
+    e = band_energy(band)  # needs the neighbouring rows: the whole level first
+    one, cap, eps = np.float32(1.0), np.float32(REPLETE_MAX), np.float32(REPLETE_EPS)
+
+    def rows(r0: int, r1: int) -> None:
+        gain, b, room = source_energy[r0:r1], band[r0:r1], e[r0:r1]
+        gain += eps
+        room += eps
+        np.divide(gain, room, out=gain)
+        cv2.sqrt(gain, dst=gain)
+        np.minimum(gain, cap, out=gain)
+        np.subtract(one, base[r0:r1], out=room)  # room to white, to black where the band is < 0
+        np.copyto(room, base[r0:r1], where=b < 0)
+        np.maximum(room, 0.0, out=room)
+        mag = np.abs(b)
+        np.maximum(mag, np.float32(1e-12), out=mag)
+        np.divide(room, mag, out=room)
+        np.minimum(gain, room, out=gain)
+        np.maximum(gain, one, out=gain)
+        gain -= one
+        np.multiply(b, gain, out=room)  # what the repletion adds
+        b += room
+
+    for_bands(rows, *band.shape)
+    return e
 
 
 def blend(frames: Sequence[Frame], small: np.ndarray, tone_logits: np.ndarray, log_gain: float,
@@ -839,6 +844,7 @@ def blend(frames: Sequence[Frame], small: np.ndarray, tone_logits: np.ndarray, l
         else:
             first, cur = 0, g
             w = detail_weight(i, f, normalise=True) if split else (grey_full(f, out=g), wt[i])[1]
+        sq = None
         for k in range(first, n_lev + 1):
             if k == split:
                 w = wt[i]
@@ -846,14 +852,10 @@ def blend(frames: Sequence[Frame], small: np.ndarray, tone_logits: np.ndarray, l
                 down = cv2.pyrDown(cur)
                 term = cv2.pyrUp(down, dst=tmp if k == 0 else None, dstsize=cur.shape[1::-1])
                 np.subtract(cur, term, out=term)
+                # the real frames' largest band energy (cur is spent once down is made: the
+                # finest level's square goes into it, its blur into tmp once term is added)
                 if k < n_rep and i not in reexposed:
-                    # cur is spent once down is made: the finest level's energy goes into it
-                    e = band_energy(term, out=cur if k == 0 else None)
-                    if energy[k] is None:
-                        energy[k] = e.copy() if e is cur else e
-                    else:
-                        np.maximum(energy[k], e, out=energy[k])
-                    del e
+                    sq = cv2.multiply(term, term, dst=cur if k == 0 else None)
                 term *= w
             else:
                 term = cur * w
@@ -862,10 +864,19 @@ def blend(frames: Sequence[Frame], small: np.ndarray, tone_logits: np.ndarray, l
                 out_pyr[k] = term.copy() if term is tmp else term
             else:
                 acc += term
+            if sq is not None:
+                if energy[k] is None:
+                    energy[k] = cv2.GaussianBlur(sq, (0, 0), REPLETE_SIGMA, borderType=cv2.BORDER_REFLECT_101)
+                else:
+                    e = cv2.GaussianBlur(sq, (0, 0), REPLETE_SIGMA, dst=tmp if k == 0 else None,
+                                         borderType=cv2.BORDER_REFLECT_101)
+                    np.maximum(energy[k], e, out=energy[k])
+                    del e
+                sq = None
             if k < n_lev:
                 cur = down
                 w = cv2.pyrDown(w)
-        del cur, w, term
+        del cur, w, term, sq
     del g, con, total, wt
     y = out_pyr.pop()
     assert y is not None
@@ -922,25 +933,19 @@ def blend(frames: Sequence[Frame], small: np.ndarray, tone_logits: np.ndarray, l
         assert mix is not None and conf_sum is not None and pale is not None and pale_lum is not None
         mix /= np.maximum(conf_sum, 1e-6)[..., None]  # the unit-luminance colour
         top = cv2.reduce(mix.reshape(-1, 3), 1, cv2.REDUCE_MAX).reshape(conf_sum.shape)
-        yb = y[r0:r1]
+        target = srgb_to_linear(y[r0:r1])
+        target *= gain
         if added_y is not None:
             # The repletion brightens a pixel only up to the grey at which its colour reaches
-            # white; past it, the added detail would be paled or clipped away.
-            c = top * gain
-            np.maximum(c, np.float32(1e-6), out=c)
-            np.divide(np.float32(1.0), c, out=c)
-            np.minimum(c, np.float32(1.0), out=c)
-            c = _encode(c)  # the grey at which the colour reaches white
-            add = added_y[r0:r1]
-            np.subtract(c, yb, out=c)
-            c += add  # the room above the unrepleted grey
-            np.maximum(c, 0.0, out=c)
-            np.subtract(add, c, out=c)  # the brightening past white (never more than was added)
-            np.maximum(c, 0.0, out=c)
-            np.subtract(yb, c, out=yb)
-            del c
-        target = srgb_to_linear(yb)
-        target *= gain
+            # white (past it, the added detail would be paled or clipped away). Only a pixel
+            # whose colour passes white at the repleted grey can be affected.
+            hot = top * target > 1.0
+            hot &= added_y[r0:r1] > 0
+            if hot.any():
+                yh, add = y[r0:r1][hot], added_y[r0:r1][hot]
+                c = _encode(np.minimum(np.float32(1.0) / np.maximum(top[hot] * gain, np.float32(1e-6)), 1.0))
+                room = np.maximum(c - (yh - add), 0.0)  # above the unrepleted grey
+                target[hot] = srgb_to_linear(yh - np.maximum(add - room, 0.0)) * gain
         mix *= target[..., None]
         top *= target
         over = top > 1.0
