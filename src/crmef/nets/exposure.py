@@ -245,19 +245,19 @@ def blend_torch(frames: Tensor, small: Tensor, tone_logits: Tensor, log_gain: Te
     w = normalised(detail) if split else None
     con_s = tone_contrast_t(small_g, level_shape(hh, ww, split), cfg.contrast)
     wt = normalised(resized(tone, tuple(con_s.shape[-2:])) * con_s)
-    cur, acc, energy = g, [], []
-    n_rep = min(REPLETE_LEVELS, levels)
+    cur, acc, energy = g, [], {}
+    rep = range(REPLETE_LEVELS[0], min(REPLETE_LEVELS[1] + 1, levels))  # the repleted levels
     for k in range(levels):
         if k == split:
             w = wt
         down = pyr_down(cur)
         band = cur - pyr_up(down, cur.shape[-2:])
         out_band = (band * w).sum(0, keepdim=True)
-        if k < n_rep:  # the real frames' strongest band energy, for the detail repletion
+        if k in rep:  # the real frames' strongest band energy, for the detail repletion
             e = gaussian_blur(band * band, REPLETE_SIGMA)
             if real is not None:
                 e = e * real.view(-1, 1, 1, 1)
-            energy.append(e.amax(0, keepdim=True))
+            energy[k] = e.amax(0, keepdim=True)
         acc.append(out_band)
         cur, w = down, pyr_down(w)
     if split >= levels:
@@ -266,7 +266,7 @@ def blend_torch(frames: Tensor, small: Tensor, tone_logits: Tensor, log_gain: Te
     added_y = None  # the grey the repletion added
     for k in range(levels - 1, -1, -1):
         base, band = pyr_up(y, acc[k].shape[-2:]), acc[k]
-        if k < n_rep:  # detail repletion (crmef.engine.replete)
+        if k in rep:  # detail repletion (crmef.engine.replete)
             e_out = gaussian_blur(band * band, REPLETE_SIGMA)
             gain = ((energy[k] + REPLETE_EPS) / (e_out + REPLETE_EPS)).sqrt().clamp(max=REPLETE_MAX)
             room = torch.where(band < 0, base, 1.0 - base).clamp(min=0.0)
@@ -274,6 +274,8 @@ def blend_torch(frames: Tensor, small: Tensor, tone_logits: Tensor, log_gain: Te
             added = band * (gain - 1.0)
             band = band + added
             added_y = added if added_y is None else pyr_up(added_y, added.shape[-2:]) + added
+        elif added_y is not None:  # a finer level, not repleted
+            added_y = pyr_up(added_y, band.shape[-2:])
         y = base + band
     if real is not None:  # nor in the colour mix
         up = up * real.view(-1, 1, 1, 1)
