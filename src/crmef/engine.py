@@ -41,8 +41,9 @@ How one output pixel is made (``frames`` sorted dark to bright, RGB in [0, 1]):
    1 scales the pixel down whole. Every output pixel is a positive multiple of a positive mix of
    its sources in linear light, so its chromaticity lies in the convex hull of theirs: the
    engine cannot invent colour. The repletion brightens a pixel only up to the grey at which
-   its colour reaches white (past it the added detail would be paled or clipped). Last, each pixel is scaled so that the grey of its sRGB codes is
-   the blended grey (:func:`match_grey`): the structure reaches the output as blended.
+   its colour reaches white (past it the added detail would be paled or clipped). Last, each
+   pixel is scaled so that the grey of its sRGB codes is the blended grey (:func:`match_grey`):
+   the structure reaches the output as blended.
 
 Frames are read as decoded (uint8 / uint16 codes, or float32) band by band of rows; no float
 copy of a whole frame is made, and one frame's pyramid is alive at a time (:func:`blend`): a
@@ -697,12 +698,10 @@ REPLETE_SIGMA, REPLETE_MAX, REPLETE_EPS = 2.0, 2.0, 1e-6
 below which a band counts as flat."""
 
 
-def band_energy(band: np.ndarray, square: np.ndarray | None = None, out: np.ndarray | None = None) -> np.ndarray:
+def band_energy(band: np.ndarray) -> np.ndarray:
     """Local energy of one Laplacian band, ``G_σ(band²)`` (σ = :data:`REPLETE_SIGMA` px), float32,
-    same shape. ``square`` (for ``band²``) and ``out`` are optional buffers; they must differ (an
-    in-place Gaussian blur costs OpenCV three times the time)."""
-    sq = cv2.multiply(band, band, dst=square)
-    return cv2.GaussianBlur(sq, (0, 0), REPLETE_SIGMA, dst=out, borderType=cv2.BORDER_REFLECT_101)
+    same shape (blurred into a new array: OpenCV's in-place Gaussian blur costs three times)."""
+    return cv2.GaussianBlur(cv2.multiply(band, band), (0, 0), REPLETE_SIGMA, borderType=cv2.BORDER_REFLECT_101)
 
 
 def replete(band: np.ndarray, source_energy: np.ndarray, base: np.ndarray) -> np.ndarray:
@@ -840,14 +839,12 @@ def blend(frames: Sequence[Frame], small: np.ndarray, tone_logits: np.ndarray, l
     out_pyr: list[np.ndarray | None] = [None] * (n_lev + 1)
     rep = range(REPLETE_LEVELS[0], min(REPLETE_LEVELS[1] + 1, n_lev))  # the repleted levels
     energy: dict[int, np.ndarray] = {}  # the real frames' largest band energy, by level
-    reexposed = {i for i, f in enumerate(frames) if isinstance(f, Reexposed)}
     for i, f in enumerate(frames):
         if i in grey_split:
             first, cur, w = split, grey_split.pop(i), wt[i]
         else:
             first, cur = 0, g
             w = detail_weight(i, f, normalise=True) if split else (grey_full(f, out=g), wt[i])[1]
-        sq = None
         for k in range(first, n_lev + 1):
             if k == split:
                 w = wt[i]
@@ -855,8 +852,13 @@ def blend(frames: Sequence[Frame], small: np.ndarray, tone_logits: np.ndarray, l
                 down = cv2.pyrDown(cur)
                 term = cv2.pyrUp(down, dst=tmp if k == 0 else None, dstsize=cur.shape[1::-1])
                 np.subtract(cur, term, out=term)
-                if k in rep and i not in reexposed:  # for the real frames' largest band energy
-                    sq = cv2.multiply(term, term)
+                if k in rep and not isinstance(f, Reexposed):  # the real frames' largest band energy
+                    e = band_energy(term)
+                    if k in energy:
+                        np.maximum(energy[k], e, out=energy[k])
+                    else:
+                        energy[k] = e
+                    del e
                 term *= w
             else:
                 term = cur * w
@@ -865,18 +867,10 @@ def blend(frames: Sequence[Frame], small: np.ndarray, tone_logits: np.ndarray, l
                 out_pyr[k] = term.copy() if term is tmp else term
             else:
                 acc += term
-            if sq is not None:
-                e = cv2.GaussianBlur(sq, (0, 0), REPLETE_SIGMA, borderType=cv2.BORDER_REFLECT_101)
-                if k in energy:
-                    np.maximum(energy[k], e, out=energy[k])
-                else:
-                    energy[k] = e
-                del e
-                sq = None
             if k < n_lev:
                 cur = down
                 w = cv2.pyrDown(w)
-        del cur, w, term, sq
+        del cur, w, term
     del g, con, total, wt
     y = out_pyr.pop()
     assert y is not None
