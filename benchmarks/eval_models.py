@@ -210,6 +210,15 @@ def main() -> int:
     k, m = val("sequences-all", g, "chroma_kept"), val("sequences-all", "mertens_all", "chroma_kept")
     rows.append(("general, sequences-all: chroma kept ≥ 0.95 × Mertens-all", k >= 0.95 * m,
                  f"{k:.3f} vs {m:.3f} ({k / m:.3f}×)"))
+    from crmef.evaluation import camera_colour_by_method
+
+    for set_, base in (("sequences", "mertens"), ("sequences-all", "mertens_all")):
+        cc = camera_colour_by_method(args.out / set_, seq)
+        print(f"\n{set_}: camera colour (u'v' distance to the whole bracket's colour at the fused level, lower is "
+              "better): " + ", ".join(f"{k} {v:.5f}" for k, v in cc.items()))
+        d = cc[model_label(g)] - cc[base]
+        rows.append((f"general, {set_}: camera colour ≤ {base.replace('_all', '-all').capitalize()}", d <= 0,
+                     f"{cc[model_label(g)]:.5f} ({d:+.5f})"))
     for set_ in ("sequences", "hdr"):
         d = val(set_, g, "chroma_kept") - val(set_, "mertens", "chroma_kept")
         rows.append((f"general, {set_}: chroma kept ≥ Mertens", d >= 0, f"{d:+.3f}"))

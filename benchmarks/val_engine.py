@@ -26,7 +26,7 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=Path("runs/val_engine"))
     p.add_argument("--sets", default="all,pairs,hdr")
     args = p.parse_args()
-    from crmef.evaluation import data_key, evaluate, load_samples, markdown_table, parse_methods
+    from crmef.evaluation import camera_colour_by_method, data_key, evaluate, load_samples, markdown_table, parse_methods
 
     models = ",".join(f"model:{c}" for c in args.cards)
     sets = {
@@ -44,6 +44,10 @@ def main() -> int:
         result = evaluate(samples, parse_methods(methods), metrics, args.out / name, key, progress=False)
         print(f"\n## val {name} ({len(samples)})")
         print(markdown_table(result), flush=True)
+        if name in ("pairs", "all"):  # colour against the camera's own, at the level shown
+            cc = camera_colour_by_method(args.out / name, data)
+            print("camera colour (u'v' distance to the whole bracket's colour at the fused level, lower is better): "
+                  + ", ".join(f"{k} {v:.5f}" for k, v in cc.items()), flush=True)
     return 0
 
 

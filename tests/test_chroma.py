@@ -293,3 +293,53 @@ def test_chroma_kept_sees_what_chroma_hull_cannot(shared_data: Path) -> None:
     print(f"Seq_25: chroma kept, linear mean {kept_pale:.3f}, best-exposed per pixel {kept_best:.3f}")
     assert kept_pale < 0.85 * kept_best
     assert kept_best > 0.9
+
+
+# ---------------------------------------------------------------------------- camera_colour
+
+
+def test_camera_colour_interpolates_the_brackets_own_colour_in_log_luminance() -> None:
+    """Two unclipped frames of one surface, orange when dark and paler when bright (as a camera
+    renders it): a fused block at a level between them is compared with their colours mixed at
+    that level (log Y); each frame itself scores 0; a level beyond every frame does not count."""
+    from crmef.metrics.chroma import block_chromaticity, camera_colour
+
+    dark = _to_srgb(np.broadcast_to(np.array([0.12, 0.06, 0.03]), (16, 16, 3)))
+    bright = _to_srgb(np.broadcast_to(np.array([0.62, 0.52, 0.42]), (16, 16, 3)))
+    assert camera_colour([dark, bright], dark) == pytest.approx(0.0, abs=1e-12)
+    assert camera_colour([bright, dark], bright) == pytest.approx(0.0, abs=1e-12)
+    (uv_d, y_d), (uv_b, y_b) = (block_chromaticity(x) for x in (dark, bright))
+    y_mid = math.exp(0.5 * (math.log(y_d[0, 0]) + math.log(y_b[0, 0])))
+    lifted = _to_srgb(np.broadcast_to(np.array([0.12, 0.06, 0.03]) * y_mid / y_d[0, 0], (16, 16, 3)))
+    expected = 0.5 * np.hypot(*(uv_d[0, 0] - uv_b[0, 0]))  # the dark colour at the middle level
+    assert camera_colour([dark, bright], lifted) == pytest.approx(expected, rel=1e-3)
+    assert expected > 0.01
+    too_bright = _to_srgb(np.broadcast_to(np.array([0.9, 0.85, 0.8]), (16, 16, 3)))
+    assert math.isnan(camera_colour([dark, bright], too_bright))
+    clipped = bright.copy()
+    clipped[..., 0] = 1.0  # a clipped frame is no evidence
+    assert math.isnan(camera_colour([dark, clipped], lifted))
+
+
+def test_camera_colour_sees_a_dark_frames_colour_lifted_past_the_camera(shared_data: Path) -> None:
+    """On a real bracket whose camera pales bright surfaces (the corridor of ``Seq_41``): the
+    middle frame scores 0 against the whole bracket, the dark frame's colour lifted in linear light
+    to the middle frame's luminance (chroma_hull 0: it is a source's colour) does not, and a tint
+    of the middle frame does not."""
+    from crmef.imageio import read_image
+    from crmef.metrics.chroma import camera_colour
+
+    folder = shared_data / "sequences" / "deepfuse" / "Seq_41"
+    frames = [read_image(folder / f"Img{i}.jpg") for i in (1, 2, 3)]
+    lin = [_to_linear(f.astype(np.float64)) for f in frames]
+    luma = np.array([0.2126, 0.7152, 0.0722])
+    lift = (lin[1] @ luma) / np.maximum(lin[0] @ luma, 1e-4)
+    lifted = np.clip(lin[0] * lift[..., None], 0, 1)
+    ok = lifted.max(axis=-1) < 1  # no channel pushed past white
+    lifted = np.where(ok[..., None], lifted, lin[1])
+    own, dark, tint = (camera_colour(frames, x) for x in (frames[1], _to_srgb(lifted),
+                                                           _to_srgb(np.clip(lin[1] * [0.92, 1.0, 1.12], 0, 1))))
+    print(f"Seq_41 camera colour: middle frame {own:.5f}, dark frame's colour lifted {dark:.5f}, tinted {tint:.5f}")
+    assert own < 1e-3
+    assert chroma_hull(frames, _to_srgb(lifted)) < 1e-3
+    assert dark > 0.01 and tint > 0.005

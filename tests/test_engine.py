@@ -13,9 +13,12 @@ import pytest
 import torch
 
 from crmef.engine import (
+    PROFILE_KNOTS,
+    TYPICAL_PROFILE,
     BlendConfig,
     ExposureModel,
     blend,
+    camera_profile,
     gray,
     linear_to_srgb,
     load_engine,
@@ -261,6 +264,79 @@ def test_real_bracket_keeps_source_colour():
     frames = [read_image(p) for p in sorted(folder.iterdir())]
     out = load_engine("general")(frames)
     assert chroma_hull(frames, out) < 1e-3
+
+
+def camera_bracket(n: int = 3, h: int = 96, w: int = 128, strength: float = 1.0) -> list[np.ndarray]:
+    """:func:`bracket` as a camera renders it: each pixel's chroma (its unit-luminance colour's
+    distance from grey) × the typical camera's saturation at its grey, to the power ``strength``."""
+    frames = []
+    for f in bracket(n, h, w):
+        lum = srgb_to_linear(gray(f))[..., None]
+        unit = srgb_to_linear(f) / np.maximum(lum, 1e-6)
+        out = f
+        for _ in range(4):  # the saturation at the rendered pixel's own grey
+            s = np.exp(strength * np.interp(gray(out), PROFILE_KNOTS, np.log(TYPICAL_PROFILE)))[..., None]
+            out = linear_to_srgb(np.clip((1 + (unit - 1) * s) * lum, 0, 1).astype(np.float32))
+        frames.append((np.round(out * 255) / 255).astype(np.float32))
+    return frames
+
+
+@pytest.mark.parametrize("strength", [0.0, 0.5, 1.0])
+def test_camera_profile_is_measured_on_the_bracket(strength: float):
+    frames = camera_bracket(4, 128, 192, strength)
+    small = reduce_frames(frames, work_shape(128, 192, 256))
+    profile = camera_profile(small)
+    beta = profile[-1] / np.log(TYPICAL_PROFILE[-1])  # the typical camera's, to a measured power
+    assert np.allclose(profile, beta * np.log(TYPICAL_PROFILE))
+    # within 25 % (pixels unclipped in the brighter frame are the paler ones near white)
+    assert abs(beta - strength) < 0.05 + 0.25 * strength
+    # a single frame (or frames sharing no well-seen pixels) gets the typical camera
+    assert np.array_equal(camera_profile(small[:1]), np.log(TYPICAL_PROFILE))
+
+
+def test_colour_lifted_past_every_frame_that_holds_it_pales_as_the_camera_does(onnx_model):
+    net, model = onnx_model
+    pair = camera_bracket(2, 128, 192)
+    out = model(pair)
+    with torch.no_grad():
+        ref = fuse_torch(net, torch.from_numpy(np.stack(pair)).permute(0, 3, 1, 2), BlendConfig())
+    assert np.abs(out - ref[0].permute(1, 2, 0).numpy()).mean() < 1e-4
+    # where the over frame is clipped, the output's colour is the under frame's lifted: paler by
+    # the camera's saturation at the output's grey over the under frame's
+    lin, lin0 = srgb_to_linear(out), srgb_to_linear(pair[0])
+    unit = lambda x: x / np.maximum(srgb_to_linear(gray(linear_to_srgb(x))), 1e-6)[..., None]
+    chroma = lambda x: np.abs(unit(x) - 1).sum(-1)
+    s = lambda g: np.exp(np.interp(g, PROFILE_KNOTS, camera_profile(reduce_frames(pair, work_shape(128, 192, 256)))))
+    lifted = (pair[1].max(axis=-1) >= 0.99) & (gray(out) > gray(pair[0]) + 0.15) & (pair[0].min(axis=-1) > 0.1)
+    assert lifted.sum() > 200
+    ratio = chroma(lin)[lifted] / np.maximum(chroma(lin0)[lifted], 1e-4)
+    expected = s(gray(out)[lifted]) / s(gray(pair[0])[lifted])
+    assert np.median(expected) < 0.9
+    assert np.median(np.abs(ratio - expected)) < 0.05
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data not present")
+def test_a_sky_lifted_from_the_under_frame_takes_the_cameras_colour_at_that_level():
+    from crmef.imageio import read_image
+    from crmef.metrics.chroma import block_chromaticity
+
+    folder = SHARED / "sequences" / "hdrps" / "Bar_Harbor_Presunrise"
+    frames = [read_image(p) for p in sorted(folder.iterdir())]
+    frames.sort(key=lambda a: float(a.mean()))
+    out = load_engine("general")([frames[0], frames[-1]])
+    sky = slice(0, frames[0].shape[0] // 5)
+
+    def uv_y(img: np.ndarray) -> tuple[np.ndarray, float]:
+        uv, y = block_chromaticity(np.ascontiguousarray(img[sky]), "sky")
+        return np.nanmedian(uv.reshape(-1, 2), axis=0), float(np.median(y))
+
+    (uv_out, y_out), (uv_under, _) = uv_y(out), uv_y(frames[0])
+    levels = [uv_y(f) for f in frames]  # the camera's own rendering of the sky at 9 levels
+    ys = np.log([y for _, y in levels])
+    camera = np.array([np.interp(np.log(y_out), ys, [uv[j] for uv, _ in levels]) for j in range(2)])
+    # the under frame's colour is far from the camera's at the output's level; the output is near
+    assert np.hypot(*(uv_under - camera)) > 0.012
+    assert np.hypot(*(uv_out - camera)) < 0.5 * np.hypot(*(uv_under - camera))
 
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data not present")

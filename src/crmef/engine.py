@@ -40,8 +40,14 @@ How one output pixel is made (``frames`` sorted dark to bright, RGB in [0, 1]):
    (the palest colour the sources hold there) just enough to fit, then any channel still above
    1 scales the pixel down whole. Every output pixel is a positive multiple of a positive mix of
    its sources in linear light, so its chromaticity lies in the convex hull of theirs: the
-   engine cannot invent colour. The repletion brightens a pixel only up to the grey at which
-   its colour reaches white (past it the added detail would be paled or clipped). Last, each
+   engine cannot invent colour. One departure, towards grey only: where the target luminance
+   lies above every frame that holds the place unclipped (a colour lifted past what the camera
+   recorded), the colour pales as the camera pales a brighter surface, by ``S(target) / S(held)``
+   (:func:`desaturate_beyond`), ``S`` the bracket's saturation profile (:func:`camera_profile`:
+   measured on the bracket's own frames, the typical camera's where they cannot tell): a dark
+   frame's cream wall lifted to a bright level comes out cream, not peach. The repletion
+   brightens a pixel only up to the grey at which its colour reaches white (past it the added
+   detail would be paled or clipped). Last, each
    pixel is scaled so that the grey of its sRGB codes is the blended grey (:func:`match_grey`):
    the structure reaches the output as blended.
 
@@ -748,6 +754,135 @@ def replete(band: np.ndarray, source_energy: np.ndarray, base: np.ndarray) -> np
     return e
 
 
+PROFILE_KNOTS = np.linspace(0.0, 1.0, 11)
+"""Grey levels (sRGB codes) at which a camera's saturation profile is kept (linear between)."""
+TYPICAL_PROFILE = np.array([1.0, 1.0, 1.0, 1.0, 0.996, 0.942, 0.846, 0.707, 0.571, 0.352, 0.173])
+"""A typical camera's saturation at each knot relative to the shadows': the 56 brackets of the
+training split pooled (``benchmarks/camera_profile.py``); what a bracket's own frames do not
+measure is taken from it."""
+PROFILE_PRIOR = 50.0
+"""Weight of the typical camera (``β = 1``) against a bracket's own measurement in
+:func:`camera_profile`: as many pixel pairs as carry 50 units of ``Σ x²`` (a few hundred pixels
+lifted across the typical camera's shoulder)."""
+PROFILE_MAX_STRENGTH = 1.5
+"""Largest ``β``."""
+PROFILE_FLAT_TO = 0.3
+"""Grey (sRGB code) up to which :data:`TYPICAL_PROFILE` is flat: no target below it pales."""
+
+
+_PROFILE_BIN = 0.05
+_PROFILE_MIN_BIN = 20
+
+
+def profile_pairs(small: np.ndarray) -> np.ndarray:
+    """How a camera's saturation changes with level, from its own bracket: for every pair of
+    consecutive frames, pixels seen well in both (every channel of the darker frame above
+    0.02 and its grey above 0.1, every channel of both below 0.95, the darker frame's chroma
+    above 0.05), the log ratio of their chroma (the L1 distance from grey of the unit-luminance
+    colour ``lin(rgb) / lin(grey)`` that the blend mixes and :func:`desaturate_beyond` pales), grouped by the two frames' grey levels in bins of 0.05.
+
+    Args:
+        small: (N, 3, h, w) float32 sRGB in [0, 1], the real frames at the work resolution,
+            sorted dark to bright.
+
+    Returns:
+        (K, 4) float64 rows ``(grey in the darker frame, grey in the brighter, median log
+        chroma ratio, pixels)`` of the bins holding at least 20 pixels.
+    """
+    rows = []
+    for a, b in zip(small[:-1], small[1:]):
+        a, b = a.reshape(3, -1), b.reshape(3, -1)
+        ga, gb = GRAY @ a, GRAY @ b
+        m = (a.min(axis=0) > 0.02) & (ga > 0.1) & (a.max(axis=0) < 0.95) & (b.max(axis=0) < 0.95)
+        ua = srgb_to_linear(a[:, m]).astype(np.float64) / srgb_to_linear(ga[m]).astype(np.float64)
+        ub = srgb_to_linear(b[:, m]).astype(np.float64) / srgb_to_linear(gb[m]).astype(np.float64)
+        ca, cb = np.abs(ua - 1).sum(axis=0), np.abs(ub - 1).sum(axis=0)
+        k = ca > 0.05
+        if not k.any():
+            continue
+        y = np.log(np.maximum(cb[k], 1e-4) / ca[k])
+        xa, xb = ga[m][k], gb[m][k]
+        nb = int(round(1 / _PROFILE_BIN))
+        key = np.minimum((xa / _PROFILE_BIN).astype(int), nb - 1) * nb + np.minimum((xb / _PROFILE_BIN).astype(int), nb - 1)
+        _, starts, counts = np.unique(np.sort(key), return_index=True, return_counts=True)
+        keep = counts >= _PROFILE_MIN_BIN
+        starts, counts = starts[keep], counts[keep]
+        lo, hi = starts + (counts - 1) // 2, starts + counts // 2  # the middle of each bin
+        cols = []
+        for v in (xa, xb, y):  # each bin's median of v: sorted by bin, then by v
+            sv = v[np.lexsort((v, key))]
+            cols.append(0.5 * (sv[lo] + sv[hi]))
+        rows.append(np.stack([*cols, counts.astype(np.float64)], axis=1))
+    return np.concatenate(rows) if rows else np.zeros((0, 4))
+
+
+def camera_profile(small: np.ndarray) -> np.ndarray:
+    """The saturation profile of the camera that made a bracket: log of its saturation at each of
+    :data:`PROFILE_KNOTS` relative to the shadows', ``β · log`` :data:`TYPICAL_PROFILE`.
+
+    A camera's rendering compresses every channel towards white as the level rises, so the same
+    surface comes out paler in a brighter frame; a synthetic bracket cut from radiance with one
+    curve keeps its chroma until a channel clips. One strength ``β`` tells them apart (0: chroma
+    kept, 1: the typical camera): each bin of :func:`profile_pairs` says ``β = y / x`` with ``x``
+    the typical profile's change between the bin's two levels (bins where it is below 0.05 say
+    nothing) and ``y`` its measured log chroma ratio; ``β`` is their median weighted by pixels ×
+    ``x²`` (robust to bins that a clipped channel pales), with ``β = 1`` counted with the weight
+    :data:`PROFILE_PRIOR` (a pair whose frames share few well-seen pixels, or a single frame,
+    gets the typical camera), within [0, :data:`PROFILE_MAX_STRENGTH`]. Measured on the
+    validation brackets, a real camera's ``β`` is 0.6–1.4 and the synthetic HDR pairs' 0.1–0.3.
+
+    Args:
+        small: (N, 3, h, w) float32 sRGB, the real frames at the work resolution, dark to bright.
+
+    Returns:
+        (11,) float64; the saturation factor at grey ``g`` is ``exp(interp(g, knots, profile))``.
+    """
+    typical = np.log(TYPICAL_PROFILE)
+    pairs = profile_pairs(small) if len(small) > 1 else np.zeros((0, 4))
+    x = np.interp(pairs[:, 1], PROFILE_KNOTS, typical) - np.interp(pairs[:, 0], PROFILE_KNOTS, typical)
+    keep = np.abs(x) > 0.05  # bins whose two levels the typical camera renders differently
+    ratios = np.append(pairs[keep, 2] / x[keep], 1.0)
+    weights = np.append(pairs[keep, 3] * x[keep] ** 2, PROFILE_PRIOR)
+    order = np.argsort(ratios)
+    cum = np.cumsum(weights[order])
+    beta = float(ratios[order][np.searchsorted(cum, 0.5 * cum[-1])])
+    return min(max(beta, 0.0), PROFILE_MAX_STRENGTH) * typical
+
+
+def desaturate_beyond(unit: np.ndarray, target: np.ndarray, held: np.ndarray, profile: np.ndarray) -> bool:
+    """Render a unit-luminance colour at a level above every source that holds it as the camera
+    would: its chroma (its distance from grey, ``unit - 1``) × ``S(target) / S(held)``, ``S`` the
+    bracket's saturation profile (:func:`camera_profile`) at the two levels' grey, in place;
+    unchanged where ``target`` is not above ``held`` or ``S`` does not fall between them.
+
+    Args:
+        unit: (h, w, 3) float32 unit-luminance linear colour (the mix), overwritten there.
+        target: (h, w) float32 target linear luminance.
+        held: (h, w) float32 the brightest linear luminance at which a real frame holds the place
+            unclipped (at the work resolution, blurred and up-sampled as the weights are).
+        profile: (11,) the bracket's :func:`camera_profile`.
+
+    Returns:
+        Whether any pixel changed (moved towards grey, floored at 0).
+    """
+    if profile.min() >= 0.0:
+        return False
+    lifted = target > held
+    lifted &= target > np.float32(srgb_to_linear(np.float32(PROFILE_FLAT_TO)))
+    if not lifted.any():
+        return False
+    knots, lp = PROFILE_KNOTS.astype(np.float32), profile.astype(np.float32)
+    t, hd = np.minimum(target[lifted], 1.0), held[lifted]
+    d = np.interp(linear_to_srgb(t), knots, lp) - np.interp(linear_to_srgb(hd), knots, lp)
+    f = np.ones(target.shape, np.float32)  # in place on the band: no 3-channel copy
+    f[lifted] = np.exp(np.minimum(d, 0.0))
+    unit -= np.float32(1.0)
+    unit *= f[..., None]
+    unit += np.float32(1.0)
+    np.maximum(unit, 0.0, out=unit)
+    return True
+
+
 def blend(frames: Sequence[Frame], small: np.ndarray, tone_logits: np.ndarray, log_gain: float,
           cfg: BlendConfig, out_bits: int | None = None) -> np.ndarray:
     """Fuse full-resolution frames with work-resolution logits and gain (steps 2–4 above).
@@ -902,6 +1037,15 @@ def blend(frames: Sequence[Frame], small: np.ndarray, tone_logits: np.ndarray, l
         raise InputError(f"bits must be 8 or 16, got {out_bits}")
     out = np.empty((h_full, w_full, 3), dtype)
 
+    # Colour lifted past every frame that holds it pales as the bracket's camera pales a brighter
+    # surface: its saturation profile, and the brightest level at which a real frame holds each
+    # place unclipped, both at the work resolution (held: blurred and up-sampled like the weights).
+    real_small = small[[i for i, _ in sources]]
+    profile = camera_profile(real_small)
+    held = srgb_to_linear(np.tensordot(GRAY, real_small, axes=([0], [1])).astype(np.float32))
+    held *= real_small.max(axis=1) < CLIP_AT
+    held_up = RowUpsampler(cv2.GaussianBlur(held.max(axis=0), (0, 0), cfg.smooth), size)
+
     def colour(r0: int, r1: int) -> None:
         mix = conf_sum = pale = pale_lum = None
         for i, src in sources:
@@ -939,6 +1083,8 @@ def blend(frames: Sequence[Frame], small: np.ndarray, tone_logits: np.ndarray, l
                 c = _encode(np.minimum(np.float32(1.0) / np.maximum(top[hot] * gain, np.float32(1e-6)), 1.0))
                 room = np.maximum(c - (yh - add), 0.0)  # above the unrepleted grey
                 target[hot] = srgb_to_linear(yh - np.maximum(add - room, 0.0)) * gain
+        if desaturate_beyond(mix, target, held_up.rows(r0, r1), profile):
+            top = cv2.reduce(mix.reshape(-1, 3), 1, cv2.REDUCE_MAX).reshape(conf_sum.shape)
         mix *= target[..., None]
         top *= target
         over = top > 1.0

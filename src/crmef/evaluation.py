@@ -422,6 +422,38 @@ def _cache_paths(cache: Path, method: Method, data_key: str, name: str) -> tuple
     return folder / f"{stem}.png", folder / f"{stem}.json"
 
 
+def camera_colour_by_method(out_dir: Path, scenes: Path) -> dict[str, float]:
+    """Mean :func:`crmef.metrics.chroma.camera_colour` of every method's cached outputs of a set
+    of shared sequences, each checked against its scene's whole bracket (all frames, whatever
+    the method fused): ``{method label: mean}``, NaN scenes left out.
+
+    Args:
+        out_dir: the set's output folder of :func:`evaluate` (its ``cache/<method>/`` holds one
+            PNG and one JSON naming the sample per scene).
+        scenes: the folder of the scenes (``../shared/data/sequences``): a sample ``ds/scene`` is
+            ``scenes / ds / scene``.
+    """
+    from crmef.imageio import read_image
+    from crmef.metrics.chroma import camera_colour
+
+    brackets: dict[str, list[np.ndarray]] = {}
+    out: dict[str, float] = {}
+    for folder in sorted(p for p in (out_dir / "cache").iterdir() if p.is_dir()):
+        values, label = [], folder.name
+        for meta in sorted(folder.glob("*.json")):
+            info = json.loads(meta.read_text())
+            label, sample = info["method"], info["sample"]
+            if sample not in brackets:
+                brackets[sample] = [read_image(f) for f in sorted((scenes / sample).iterdir())
+                                    if f.suffix.lower() in IMAGE_SUFFIXES]
+            v = camera_colour(brackets[sample], read_image(meta.with_suffix(".png")))
+            if math.isfinite(v):
+                values.append(v)
+        if values:
+            out[label] = float(np.mean(values))
+    return out
+
+
 def evaluate(samples: Sequence[Sample], methods: Sequence[Method], metrics: Sequence[str], out_dir: Path,
              data_key: str, progress: bool = True) -> EvalResult:
     """Fuse every sample with every method (reusing cached outputs) and score the results.

@@ -39,8 +39,8 @@ import numpy as np
 
 from crmef.errors import InputError
 
-__all__ = ["BLOCK", "D65_UV", "MID_GREY", "SRGB_TO_XYZ", "Y_MIN", "block_chromaticity", "chroma_hull", "chroma_hull_map",
-           "chroma_kept", "hull_distance"]
+__all__ = ["BLOCK", "CLIPPED", "D65_UV", "MID_GREY", "SRGB_TO_XYZ", "Y_MIN", "block_chromaticity", "camera_colour",
+           "chroma_hull", "chroma_hull_map", "chroma_kept", "hull_distance"]
 
 BLOCK = 8
 """Side of the square blocks (pixels) that are averaged in linear light."""
@@ -314,3 +314,63 @@ def chroma_kept(sources: Sequence[np.ndarray], fused: np.ndarray) -> float:
     if not counted.any() or den <= 0:
         return float("nan")
     return float(np.hypot(*(fuv[counted] - white).T).sum() / den)
+
+
+CLIPPED = 0.99
+"""A bracket frame's 8x8 block is evidence for :func:`camera_colour` only when no channel of any
+of its pixels reaches this (sRGB in [0, 1])."""
+
+
+def _block_peak(img: np.ndarray) -> np.ndarray:
+    """(H // 8, W // 8) largest channel value of each 8x8 block, sRGB in [0, 1]."""
+    h, w = img.shape[0] // BLOCK * BLOCK, img.shape[1] // BLOCK * BLOCK
+    peak = img[:h, :w].max(axis=-1).reshape(h // BLOCK, BLOCK, w // BLOCK, BLOCK).max(axis=(1, 3))
+    scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(img.dtype, 1.0)
+    return peak.astype(np.float64) / scale
+
+
+def camera_colour(bracket: Sequence[np.ndarray], fused: np.ndarray) -> float:
+    """How far a fused image's colour lies from the colour its camera gives each place at the
+    level the fusion shows it (lower is better; u'v' distance).
+
+    ``chroma_hull`` and ``chroma_kept`` compare the output with its sources whatever their level;
+    a camera, though, renders the same surface paler the brighter it records it, so a dark frame's
+    colour lifted to a bright level is more saturated than the camera would make it (and a metric
+    whose reference is the frame nearest middle grey counts the camera's own paling as lost
+    colour). A bracket holds the camera's rendering of each place at several levels: per 8x8 block
+    (steps 1-3 of :func:`chroma_hull`), the frames whose block is unclipped (no channel of any pixel
+    at :data:`CLIPPED`) and above ``Y_MIN`` are the evidence; where the fused block's luminance lies
+    between two of them (the nearest below and above, in log Y), the camera's chromaticity there is
+    theirs interpolated linearly in log Y, and the block counts. The metric is the mean u'v'
+    distance from the fused block's chromaticity to it over the counted blocks. Give the whole
+    bracket, not only the frames that were fused: a pair fused from a bracket's extremes is then
+    checked against the middle frames it never saw.
+
+    Args:
+        bracket: the N >= 1 frames of the bracket (the camera's evidence), (H, W, 3) RGB each, any
+            order: uint8, uint16 or float in [0, 1].
+        fused: the fused image, same size and conventions.
+
+    Returns:
+        The mean distance (float); NaN when no block counts.
+    """
+    _check_inputs(bracket, fused, "camera_colour")
+    fuv, fy = block_chromaticity(fused, "fused image")
+    level = np.log(np.maximum(fy, 1e-12))
+    below, above = np.full(fy.shape, -np.inf), np.full(fy.shape, np.inf)
+    uv_below, uv_above = np.zeros(fuv.shape), np.zeros(fuv.shape)
+    for i, frame in enumerate(bracket):
+        uv, y = block_chromaticity(frame, f"frame {i + 1}")
+        ok = (y > Y_MIN) & (_block_peak(frame) < CLIPPED) & np.isfinite(uv).all(axis=-1)
+        ly = np.log(np.maximum(y, 1e-12))
+        b = ok & (ly <= level) & (ly > below)
+        below[b], uv_below[b] = ly[b], uv[b]
+        a = ok & (ly >= level) & (ly < above)
+        above[a], uv_above[a] = ly[a], uv[a]
+    counted = np.isfinite(below) & np.isfinite(above) & (fy > Y_MIN) & np.isfinite(fuv).all(axis=-1)
+    if not counted.any():
+        return float("nan")
+    span = (above - below)[counted]
+    t = np.divide(level[counted] - below[counted], span, out=np.zeros_like(span), where=span > 0)
+    camera = uv_below[counted] + (uv_above[counted] - uv_below[counted]) * t[:, None]
+    return float(np.hypot(*(fuv[counted] - camera).T).mean())

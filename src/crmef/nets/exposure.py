@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from crmef.engine import (CLIP_AT, CLIP_RAMP, COLOUR_FLOOR, GRAY, REPLETE_EPS, REPLETE_LEVELS, REPLETE_MAX, REPLETE_SIGMA, TRUST_FROM,
-                          TRUST_RAMP, BlendConfig, level_shape, pyramid_levels)
+from crmef.engine import (CLIP_AT, CLIP_RAMP, COLOUR_FLOOR, GRAY, PROFILE_KNOTS, REPLETE_EPS, REPLETE_LEVELS, REPLETE_MAX, REPLETE_SIGMA,
+                          TRUST_FROM, TRUST_RAMP, BlendConfig, camera_profile, level_shape, pyramid_levels)
 from crmef.space import Choice
 
 EXPOSURE_SLOTS = 3
@@ -282,6 +282,11 @@ def blend_torch(frames: Tensor, small: Tensor, tone_logits: Tensor, log_gain: Te
     lin, lg = srgb_to_linear_t(frames), srgb_to_linear_t(g)
     conf = colour_confidence_t(frames, g) * up
     mix = (lin / lg.clamp(min=1e-6) * conf).sum(0, keepdim=True) / conf.sum(0, keepdim=True).clamp(min=1e-6)
+    # colour lifted past every frame that holds it pales as the camera does (crmef.engine.blend)
+    real_small = small if real is None else small[real > 0]
+    profile = torch.as_tensor(camera_profile(real_small.detach().cpu().numpy()), dtype=mix.dtype, device=mix.device)
+    held = srgb_to_linear_t(gray_t(real_small)) * (real_small.amax(dim=1, keepdim=True) < CLIP_AT)
+    held = resized(gaussian_blur(held.amax(0, keepdim=True), cfg.smooth), (hh, ww))
     pale = (lin * up).sum(0, keepdim=True) / (lg * up).sum(0, keepdim=True).clamp(min=1e-6)
     if added_y is not None:  # the repletion brightens a colour only up to white (crmef.engine.blend)
         top = mix.amax(dim=1, keepdim=True)
@@ -289,12 +294,23 @@ def blend_torch(frames: Tensor, small: Tensor, tone_logits: Tensor, log_gain: Te
         room = (ceiling - y + added_y).clamp(min=0.0)
         y = y - (added_y - room).clamp(min=0.0)
     target = srgb_to_linear_t(y.clamp(0, 1)) * torch.exp2(log_gain)
+    fade = interp_t(linear_to_srgb_t(target.clamp(0, 1)), profile) - interp_t(linear_to_srgb_t(held.clamp(0, 1)), profile)
+    mix = torch.where(target > held, ((mix - 1.0) * torch.exp(fade.clamp(max=0.0)) + 1.0).clamp(min=0.0), mix)
     u, o = mix * target, pale * target
     over = u.amax(dim=1, keepdim=True) > 1.0
     step = torch.where(u > 1.0, (u - 1.0) / (u - o).clamp(min=1e-6), torch.zeros_like(u)).amax(dim=1, keepdim=True)
     out = torch.where(over, u + (o - u) * step.clamp(0, 1), u)
     out = out / out.amax(dim=1, keepdim=True).clamp(min=1.0)
     return linear_to_srgb_t(match_grey_t(out, target))
+
+
+def interp_t(x: Tensor, values: Tensor) -> Tensor:
+    """``np.interp(x, PROFILE_KNOTS, values)`` for ``x`` in [0, 1] (evenly spaced knots)."""
+    n = len(PROFILE_KNOTS) - 1
+    j = (x * n).floor().clamp(0, n - 1)
+    t = x * n - j
+    j = j.long()
+    return values[j] * (1 - t) + values[j + 1] * t
 
 
 def match_grey_t(lin: Tensor, target: Tensor) -> Tensor:
