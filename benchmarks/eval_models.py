@@ -176,7 +176,7 @@ def main() -> int:
     res["sequences-all"] = run_set("sequences-all", seq, f"mertens_all,mertens,{mods}", args.out, args.hdr_samples,
                                    False, frames="all")
 
-    from crmef.evaluation import model_label
+    from crmef.evaluation import camera_colour_by_method, model_label
 
     def val(set_: str, method: str, metric: str) -> float:
         entry = res[set_]
@@ -210,8 +210,6 @@ def main() -> int:
     k, m = val("sequences-all", g, "chroma_kept"), val("sequences-all", "mertens_all", "chroma_kept")
     rows.append(("general, sequences-all: chroma kept ≥ 0.95 × Mertens-all", k >= 0.95 * m,
                  f"{k:.3f} vs {m:.3f} ({k / m:.3f}×)"))
-    from crmef.evaluation import camera_colour_by_method
-
     for set_, base in (("sequences", "mertens"), ("sequences-all", "mertens_all")):
         cc = camera_colour_by_method(args.out / set_, seq)
         print(f"\n{set_}: camera colour (u'v' distance to the whole bracket's colour at the fused level, lower is "

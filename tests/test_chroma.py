@@ -302,7 +302,7 @@ def test_camera_colour_interpolates_the_brackets_own_colour_in_log_luminance() -
     """Two unclipped frames of one surface, orange when dark and paler when bright (as a camera
     renders it): a fused block at a level between them is compared with their colours mixed at
     that level (log Y); each frame itself scores 0; a level beyond every frame does not count."""
-    from crmef.metrics.chroma import block_chromaticity, camera_colour
+    from crmef.metrics.chroma import block_chromaticity, camera_colour, camera_colour_from, camera_evidence
 
     dark = _to_srgb(np.broadcast_to(np.array([0.12, 0.06, 0.03]), (16, 16, 3)))
     bright = _to_srgb(np.broadcast_to(np.array([0.62, 0.52, 0.42]), (16, 16, 3)))
@@ -313,6 +313,7 @@ def test_camera_colour_interpolates_the_brackets_own_colour_in_log_luminance() -
     lifted = _to_srgb(np.broadcast_to(np.array([0.12, 0.06, 0.03]) * y_mid / y_d[0, 0], (16, 16, 3)))
     expected = 0.5 * np.hypot(*(uv_d[0, 0] - uv_b[0, 0]))  # the dark colour at the middle level
     assert camera_colour([dark, bright], lifted) == pytest.approx(expected, rel=1e-3)
+    assert camera_colour_from(camera_evidence([dark, bright]), lifted) == camera_colour([dark, bright], lifted)
     assert expected > 0.01
     too_bright = _to_srgb(np.broadcast_to(np.array([0.9, 0.85, 0.8]), (16, 16, 3)))
     assert math.isnan(camera_colour([dark, bright], too_bright))

@@ -425,33 +425,31 @@ def _cache_paths(cache: Path, method: Method, data_key: str, name: str) -> tuple
 def camera_colour_by_method(out_dir: Path, scenes: Path) -> dict[str, float]:
     """Mean :func:`crmef.metrics.chroma.camera_colour` of every method's cached outputs of a set
     of shared sequences, each checked against its scene's whole bracket (all frames, whatever
-    the method fused): ``{method label: mean}``, NaN scenes left out.
+    the method fused; read and measured once per scene): ``{method label: mean}``, NaN scenes
+    left out.
 
     Args:
         out_dir: the set's output folder of :func:`evaluate` (its ``cache/<method>/`` holds one
-            PNG and one JSON naming the sample per scene).
+            PNG and one JSON naming the method and the sample per scene).
         scenes: the folder of the scenes (``../shared/data/sequences``): a sample ``ds/scene`` is
             ``scenes / ds / scene``.
     """
     from crmef.imageio import read_image
-    from crmef.metrics.chroma import camera_colour
+    from crmef.metrics.chroma import camera_colour_from, camera_evidence
 
-    brackets: dict[str, list[np.ndarray]] = {}
-    out: dict[str, float] = {}
-    for folder in sorted(p for p in (out_dir / "cache").iterdir() if p.is_dir()):
-        values, label = [], folder.name
-        for meta in sorted(folder.glob("*.json")):
-            info = json.loads(meta.read_text())
-            label, sample = info["method"], info["sample"]
-            if sample not in brackets:
-                brackets[sample] = [read_image(f) for f in sorted((scenes / sample).iterdir())
-                                    if f.suffix.lower() in IMAGE_SUFFIXES]
-            v = camera_colour(brackets[sample], read_image(meta.with_suffix(".png")))
+    by_sample: dict[str, list[tuple[str, Path]]] = {}
+    for meta in sorted((out_dir / "cache").glob("*/*.json")):
+        info = json.loads(meta.read_text())
+        by_sample.setdefault(info["sample"], []).append((info["method"], meta.with_suffix(".png")))
+    values: dict[str, list[float]] = {}
+    for sample, outputs in by_sample.items():
+        evidence = camera_evidence([read_image(f) for f in sorted((scenes / sample).iterdir())
+                                    if f.suffix.lower() in IMAGE_SUFFIXES])
+        for label, png in outputs:
+            v = camera_colour_from(evidence, read_image(png))
             if math.isfinite(v):
-                values.append(v)
-        if values:
-            out[label] = float(np.mean(values))
-    return out
+                values.setdefault(label, []).append(v)
+    return {label: float(np.mean(v)) for label, v in sorted(values.items())}
 
 
 def evaluate(samples: Sequence[Sample], methods: Sequence[Method], metrics: Sequence[str], out_dir: Path,

@@ -40,6 +40,7 @@ import numpy as np
 from crmef.errors import InputError
 
 __all__ = ["BLOCK", "CLIPPED", "D65_UV", "MID_GREY", "SRGB_TO_XYZ", "Y_MIN", "block_chromaticity", "camera_colour",
+           "camera_colour_from", "camera_evidence",
            "chroma_hull", "chroma_hull_map", "chroma_kept", "hull_distance"]
 
 BLOCK = 8
@@ -329,6 +330,29 @@ def _block_peak(img: np.ndarray) -> np.ndarray:
     return peak.astype(np.float64) / scale
 
 
+def camera_evidence(bracket: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What a bracket says of its camera's colour, for :func:`camera_colour`: per frame and 8x8
+    block, its u'v', its log luminance and whether it is evidence (unclipped: no channel of any
+    pixel at :data:`CLIPPED`; Y > ``Y_MIN``).
+
+    Args:
+        bracket: the N >= 1 frames, (H, W, 3) RGB each, one size: uint8, uint16 or float in [0, 1].
+
+    Returns:
+        ``(uv, log_y, ok)``: (N, H // 8, W // 8, 2), (N, H // 8, W // 8), (N, H // 8, W // 8) bool.
+    """
+    if isinstance(bracket, np.ndarray) and bracket.ndim == 3 or len(bracket) < 1:
+        raise InputError("camera_colour: the bracket must be a sequence of one or more (H, W, 3) images")
+    _check_inputs(bracket, bracket[0], "camera_colour")
+    uvs, logs, oks = [], [], []
+    for i, frame in enumerate(bracket):
+        uv, y = block_chromaticity(frame, f"frame {i + 1}")
+        uvs.append(uv)
+        logs.append(np.log(np.maximum(y, 1e-12)))
+        oks.append((y > Y_MIN) & (_block_peak(frame) < CLIPPED) & np.isfinite(uv).all(axis=-1))
+    return np.stack(uvs), np.stack(logs), np.stack(oks)
+
+
 def camera_colour(bracket: Sequence[np.ndarray], fused: np.ndarray) -> float:
     """How far a fused image's colour lies from the colour its camera gives each place at the
     level the fusion shows it (lower is better; u'v' distance).
@@ -355,14 +379,21 @@ def camera_colour(bracket: Sequence[np.ndarray], fused: np.ndarray) -> float:
         The mean distance (float); NaN when no block counts.
     """
     _check_inputs(bracket, fused, "camera_colour")
+    return camera_colour_from(camera_evidence(bracket), fused)
+
+
+def camera_colour_from(evidence: tuple[np.ndarray, np.ndarray, np.ndarray], fused: np.ndarray) -> float:
+    """:func:`camera_colour` with the bracket's :func:`camera_evidence` made once (several fused
+    images of one bracket)."""
+    uvs, logs, oks = evidence
     fuv, fy = block_chromaticity(fused, "fused image")
+    if fy.shape != logs.shape[1:]:
+        raise InputError(f"camera_colour: the fused image's {fy.shape[1]}x{fy.shape[0]} blocks are not the "
+                         f"bracket's {logs.shape[2]}x{logs.shape[1]}; all must have the same size")
     level = np.log(np.maximum(fy, 1e-12))
     below, above = np.full(fy.shape, -np.inf), np.full(fy.shape, np.inf)
     uv_below, uv_above = np.zeros(fuv.shape), np.zeros(fuv.shape)
-    for i, frame in enumerate(bracket):
-        uv, y = block_chromaticity(frame, f"frame {i + 1}")
-        ok = (y > Y_MIN) & (_block_peak(frame) < CLIPPED) & np.isfinite(uv).all(axis=-1)
-        ly = np.log(np.maximum(y, 1e-12))
+    for uv, ly, ok in zip(uvs, logs, oks):
         b = ok & (ly <= level) & (ly > below)
         below[b], uv_below[b] = ly[b], uv[b]
         a = ok & (ly >= level) & (ly < above)

@@ -283,9 +283,10 @@ def blend_torch(frames: Tensor, small: Tensor, tone_logits: Tensor, log_gain: Te
     conf = colour_confidence_t(frames, g) * up
     mix = (lin / lg.clamp(min=1e-6) * conf).sum(0, keepdim=True) / conf.sum(0, keepdim=True).clamp(min=1e-6)
     # colour lifted past every frame that holds it pales as the camera does (crmef.engine.blend)
-    real_small = small if real is None else small[real > 0]
+    keep = slice(None) if real is None else real > 0
+    real_small = small[keep]
     profile = torch.as_tensor(camera_profile(real_small.detach().cpu().numpy()), dtype=mix.dtype, device=mix.device)
-    held = srgb_to_linear_t(gray_t(real_small)) * (real_small.amax(dim=1, keepdim=True) < CLIP_AT)
+    held = srgb_to_linear_t(small_g[keep]) * (real_small.amax(dim=1, keepdim=True) < CLIP_AT)
     held = resized(gaussian_blur(held.amax(0, keepdim=True), cfg.smooth), (hh, ww))
     pale = (lin * up).sum(0, keepdim=True) / (lg * up).sum(0, keepdim=True).clamp(min=1e-6)
     if added_y is not None:  # the repletion brightens a colour only up to white (crmef.engine.blend)
@@ -295,7 +296,7 @@ def blend_torch(frames: Tensor, small: Tensor, tone_logits: Tensor, log_gain: Te
         y = y - (added_y - room).clamp(min=0.0)
     target = srgb_to_linear_t(y.clamp(0, 1)) * torch.exp2(log_gain)
     fade = interp_t(linear_to_srgb_t(target.clamp(0, 1)), profile) - interp_t(linear_to_srgb_t(held.clamp(0, 1)), profile)
-    mix = torch.where(target > held, ((mix - 1.0) * torch.exp(fade.clamp(max=0.0)) + 1.0).clamp(min=0.0), mix)
+    mix = (mix - 1.0) * torch.exp(fade.clamp(max=0.0)) + 1.0  # the profile never rises: 1 where target <= held
     u, o = mix * target, pale * target
     over = u.amax(dim=1, keepdim=True) > 1.0
     step = torch.where(u > 1.0, (u - 1.0) / (u - o).clamp(min=1e-6), torch.zeros_like(u)).amax(dim=1, keepdim=True)
